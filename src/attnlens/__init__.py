@@ -1,0 +1,43 @@
+"""attnlens: explain, probe and guide attention in vision transformers.
+
+Main entry points:
+
+* :func:`load` — a model from the hub, a folder, timm or the embedded default model;
+* :func:`capture_attention` — record attention probabilities (and their gradients) of any model;
+* :class:`TokenLayout` — named token roles and the patch grid of an input.
+"""
+
+from attnlens.capture import AttentionCapture, AttentionRecord, capture_attention
+from attnlens.errors import (
+    AttentionNotFoundError,
+    AttnLensError,
+    ImageReadError,
+    InputError,
+    ModelLoadError,
+    UnsafeCheckpointError,
+    UnsupportedModelError,
+)
+from attnlens.loading import default_model_path, load, sample_images
+from attnlens.model import AttnLensModel, as_model
+from attnlens.tokens import TokenLayout
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionCapture",
+    "AttentionNotFoundError",
+    "AttentionRecord",
+    "AttnLensError",
+    "AttnLensModel",
+    "ImageReadError",
+    "InputError",
+    "ModelLoadError",
+    "TokenLayout",
+    "UnsafeCheckpointError",
+    "UnsupportedModelError",
+    "as_model",
+    "capture_attention",
+    "default_model_path",
+    "load",
+    "sample_images",
+]

@@ -1,0 +1,180 @@
+"""Adapters: declarative descriptions of model families.
+
+An adapter (:class:`Family`) says where things are in a model of one family: its transformer
+encoders (towers), the parts of a block, the prefix tokens, the patch size and how the output is
+pooled. Capture, explanation methods and probes only ever read these descriptions; they never
+special-case a model class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from attnlens.errors import InputError, UnsupportedModelError
+
+
+def get_submodule(root: nn.Module, path: str | None) -> nn.Module | None:
+    """``root.get_submodule(path)``; ``None`` for a ``None`` path, ``root`` for ``""``."""
+    if path is None:
+        return None
+    return root.get_submodule(path) if path else root
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """Where the parts of one pre-norm transformer block live, relative to the block.
+
+    A block computes ``x = x + ls1 * out_proj(attn(norm1(x)))`` then
+    ``x = x + ls2 * fc2(act(fc1(norm2(x))))``. Either ``query``/``key``/``value`` (separate
+    projections) or ``qkv`` (one fused projection, rows ordered q, k, v) is given.
+    """
+
+    attention: str
+    norm1: str
+    norm2: str
+    out_proj: str
+    fc1: str
+    fc2: str
+    activation: str
+    query: str | None = None
+    key: str | None = None
+    value: str | None = None
+    qkv: str | None = None
+    layer_scale1: str | None = None
+    layer_scale2: str | None = None
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One transformer encoder (tower) of a model.
+
+    Attributes:
+        name: ``"vision"`` or ``"text"``.
+        blocks: path of the ``ModuleList`` of blocks, relative to the model.
+        block: :class:`BlockParts` of every block.
+        embeddings: path of the embedding module (tokens from pixels or ids).
+        patch_embedding: path of the patch-embedding convolution (vision encoders).
+        pre_norm: path of a norm applied to the embeddings before the first block (CLIP).
+        final_norm: path of the norm applied after the last block (``None`` if absent).
+        causal: the encoder uses a causal attention mask (CLIP's text tower).
+    """
+
+    name: str
+    blocks: str
+    block: BlockParts
+    embeddings: str | None = None
+    patch_embedding: str | None = None
+    pre_norm: str | None = None
+    final_norm: str | None = None
+    causal: bool = False
+
+    def block_modules(self, model: nn.Module) -> list[nn.Module]:
+        return list(get_submodule(model, self.blocks))
+
+    def attention_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """``(qualified name, module)`` of the attention module of every block, in order."""
+        return [
+            (f"{self.blocks}.{index}.{self.block.attention}", get_submodule(block, self.block.attention))
+            for index, block in enumerate(self.block_modules(model))
+        ]
+
+
+POOLINGS = ("cls", "cls_distillation_average", "mean_patches", "cls_mean_patches", "none")
+
+
+@dataclass(frozen=True)
+class Head:
+    """How a classifier turns the final token states into logits.
+
+    ``pooling``:
+        * ``"cls"``: ``classifiers[0](final_norm(x)[cls])`` (ViT, DeiT without teacher, CLIP);
+        * ``"cls_distillation_average"``: mean of ``classifiers[0]`` on CLS and ``classifiers[1]``
+          on the distillation token (DeiT with teacher);
+        * ``"mean_patches"``: ``classifiers[0](pool_norm(mean(patches)))`` (BEiT);
+        * ``"cls_mean_patches"``: ``classifiers[0](concat(cls, mean(patches)))`` (DINOv2);
+        * ``"none"``: a backbone without classifier (targets must be callables).
+    """
+
+    pooling: str
+    classifiers: tuple[str, ...] = ()
+    pool_norm: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; valid: {POOLINGS}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: how to find its encoders, tokens, patches and head.
+
+    Attributes:
+        name: short family name (``"hf-vit"``, ``"hf-clip"``, ...).
+        matches: predicate on the (unwrapped) model.
+        encoders: the transformer encoders; the first vision encoder is the default one.
+        prefix_roles: ``model -> roles of the vision prefix tokens`` (see :mod:`attnlens.tokens`).
+        patch_size: ``model -> (ph, pw)``.
+        image_size: ``model -> (H, W)`` default input size.
+        head: the classifier head (``Head("none")`` for backbones).
+        interpolate_kwarg: name of the forward keyword that enables position-embedding
+            interpolation for other input sizes (``None`` if the model always interpolates).
+        windowed: attention is windowed/hierarchical (Swin): global methods do not apply.
+    """
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    encoders: tuple[Encoder, ...]
+    prefix_roles: Callable[[nn.Module], tuple[str, ...]]
+    patch_size: Callable[[nn.Module], tuple[int, int]]
+    image_size: Callable[[nn.Module], tuple[int, int]]
+    head: Head = field(default_factory=lambda: Head("none"))
+    interpolate_kwarg: str | None = "interpolate_pos_encoding"
+    windowed: bool = False
+
+    def encoder(self, name: str | None = None) -> Encoder:
+        """The encoder called ``name`` (default: the vision encoder, else the first)."""
+        if name is None:
+            for encoder in self.encoders:
+                if encoder.name == "vision":
+                    return encoder
+            return self.encoders[0]
+        for encoder in self.encoders:
+            if encoder.name == name:
+                return encoder
+        raise InputError(
+            f"model family {self.name!r} has no {name!r} encoder; encoders: {[e.name for e in self.encoders]}"
+        )
+
+
+_FAMILIES: list[Family] = []
+
+
+def register_family(family: Family) -> Family:
+    """Add a family to the registry (later registrations are tried first)."""
+    _FAMILIES.insert(0, family)
+    return family
+
+
+def families() -> list[Family]:
+    return list(_FAMILIES)
+
+
+def find_family(model: nn.Module) -> Family:
+    """The registered family describing ``model``; raises :class:`UnsupportedModelError` if none."""
+    for family in _FAMILIES:
+        if family.matches(model):
+            return family
+    raise UnsupportedModelError(
+        f"attnlens has no adapter for {type(model).__name__}; supported families: "
+        f"{[family.name for family in _FAMILIES]}. Capture still works on any model through "
+        "attnlens.capture_attention(module) (attention modules are found automatically)."
+    )
+
+
+def to_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)

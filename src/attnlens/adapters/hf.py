@@ -1,0 +1,261 @@
+"""Adapters for Hugging Face ``transformers`` vision models: ViT, DeiT, BEiT, DINOv2 (with and
+without registers) and CLIP (vision and text towers)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from attnlens.adapters.base import BlockParts, Encoder, Family, Head, register_family, to_pair
+from attnlens.tokens import CLS, DISTILLATION, REGISTER
+
+
+def _config(model: nn.Module):
+    return getattr(model, "config", None)
+
+
+def _is(model_type: str, *class_names: str):
+    def matches(model: nn.Module) -> bool:
+        config = _config(model)
+        if getattr(config, "model_type", None) != model_type:
+            return False
+        return not class_names or type(model).__name__ in class_names
+
+    return matches
+
+
+def _vision_config(model: nn.Module):
+    config = _config(model)
+    return getattr(config, "vision_config", config)
+
+
+def _patch(model: nn.Module) -> tuple[int, int]:
+    return to_pair(_vision_config(model).patch_size)
+
+
+def _image(model: nn.Module) -> tuple[int, int]:
+    return to_pair(_vision_config(model).image_size)
+
+
+def _cls_only(model: nn.Module) -> tuple[str, ...]:
+    return (CLS,)
+
+
+HF_BLOCK = BlockParts(
+    attention="attention",
+    norm1="layernorm_before",
+    norm2="layernorm_after",
+    query="attention.q_proj",
+    key="attention.k_proj",
+    value="attention.v_proj",
+    out_proj="attention.o_proj",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+    activation="mlp.activation_fn",
+)
+
+DINOV2_BLOCK = BlockParts(
+    attention="attention",
+    norm1="norm1",
+    norm2="norm2",
+    query="attention.q_proj",
+    key="attention.k_proj",
+    value="attention.v_proj",
+    out_proj="attention.o_proj",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+    activation="mlp.activation_fn",
+    layer_scale1="layer_scale1",
+    layer_scale2="layer_scale2",
+)
+
+CLIP_BLOCK = BlockParts(
+    attention="self_attn",
+    norm1="layer_norm1",
+    norm2="layer_norm2",
+    query="self_attn.q_proj",
+    key="self_attn.k_proj",
+    value="self_attn.v_proj",
+    out_proj="self_attn.out_proj",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+    activation="mlp.activation_fn",
+)
+
+
+def _vit_like_encoder(prefix: str, block: BlockParts = HF_BLOCK) -> Encoder:
+    return Encoder(
+        name="vision",
+        blocks=f"{prefix}layers",
+        block=block,
+        embeddings=f"{prefix}embeddings",
+        patch_embedding=f"{prefix}embeddings.patch_embeddings.projection",
+        final_norm=f"{prefix}layernorm",
+    )
+
+
+def _vit_family(name: str, model_type: str, base: str, head: Head, prefix_roles=_cls_only) -> None:
+    """Register a backbone (``XModel``) and a classifier (``base.``-prefixed) family."""
+    register_family(
+        Family(
+            name=name,
+            matches=_is(model_type),
+            encoders=(_vit_like_encoder(f"{base}."),),
+            prefix_roles=prefix_roles,
+            patch_size=_patch,
+            image_size=_image,
+            head=head,
+        )
+    )
+
+
+def _backbone_family(name: str, model_type: str, class_names: tuple[str, ...], block=HF_BLOCK, prefix_roles=_cls_only, final_norm="layernorm", interpolate="interpolate_pos_encoding") -> None:
+    encoder = Encoder(
+        name="vision",
+        blocks="encoder.layer" if block is DINOV2_BLOCK else "layers",
+        block=block,
+        embeddings="embeddings",
+        patch_embedding="embeddings.patch_embeddings.projection",
+        final_norm=final_norm,
+    )
+    register_family(
+        Family(
+            name=name,
+            matches=_is(model_type, *class_names),
+            encoders=(encoder,),
+            prefix_roles=prefix_roles,
+            patch_size=_patch,
+            image_size=_image,
+            interpolate_kwarg=interpolate,
+        )
+    )
+
+
+def _deit_roles(model: nn.Module) -> tuple[str, ...]:
+    return (CLS, DISTILLATION)
+
+
+def _dinov2_roles(model: nn.Module) -> tuple[str, ...]:
+    return (CLS,) + (REGISTER,) * int(getattr(_config(model), "num_register_tokens", 0) or 0)
+
+
+# --- ViT -------------------------------------------------------------------------------------
+_vit_family("hf-vit", "vit", "vit", Head("cls", ("classifier",)))
+_backbone_family("hf-vit-backbone", "vit", ("ViTModel",))
+
+# --- DeiT (CLS + distillation token) -------------------------------------------------------
+_vit_family("hf-deit", "deit", "deit", Head("cls", ("classifier",)), _deit_roles)
+register_family(
+    Family(
+        name="hf-deit-distilled",
+        matches=_is("deit", "DeiTForImageClassificationWithTeacher"),
+        encoders=(_vit_like_encoder("deit."),),
+        prefix_roles=_deit_roles,
+        patch_size=_patch,
+        image_size=_image,
+        head=Head("cls_distillation_average", ("cls_classifier", "distillation_classifier")),
+    )
+)
+_backbone_family("hf-deit-backbone", "deit", ("DeiTModel",), prefix_roles=_deit_roles)
+
+# --- BEiT (mean-pooled patches or CLS) -----------------------------------------------------
+register_family(
+    Family(
+        name="hf-beit",
+        matches=lambda m: _is("beit", "BeitForImageClassification")(m) and bool(_config(m).use_mean_pooling),
+        encoders=(_vit_like_encoder("beit."),),
+        prefix_roles=_cls_only,
+        patch_size=_patch,
+        image_size=_image,
+        head=Head("mean_patches", ("classifier",), pool_norm="beit.pooler.layernorm"),
+    )
+)
+register_family(
+    Family(
+        name="hf-beit-cls",
+        matches=lambda m: _is("beit", "BeitForImageClassification")(m) and not bool(_config(m).use_mean_pooling),
+        encoders=(_vit_like_encoder("beit."),),
+        prefix_roles=_cls_only,
+        patch_size=_patch,
+        image_size=_image,
+        head=Head("cls", ("classifier",)),
+    )
+)
+_backbone_family("hf-beit-backbone", "beit", ("BeitModel",))
+
+# --- DINOv2 (optionally with registers) ----------------------------------------------------
+for _type, _prefix in (("dinov2", "Dinov2"), ("dinov2_with_registers", "Dinov2WithRegisters")):
+    _backbone_family(f"hf-{_type}", _type, (f"{_prefix}Model",), block=DINOV2_BLOCK, prefix_roles=_dinov2_roles, interpolate=None)
+    register_family(
+        Family(
+            name=f"hf-{_type}-classifier",
+            matches=_is(_type, f"{_prefix}ForImageClassification"),
+            encoders=(
+                Encoder(
+                    name="vision",
+                    blocks=f"{_type}.encoder.layer",
+                    block=DINOV2_BLOCK,
+                    embeddings=f"{_type}.embeddings",
+                    patch_embedding=f"{_type}.embeddings.patch_embeddings.projection",
+                    final_norm=f"{_type}.layernorm",
+                ),
+            ),
+            prefix_roles=_dinov2_roles,
+            patch_size=_patch,
+            image_size=_image,
+            head=Head("cls_mean_patches", ("classifier",)),
+            interpolate_kwarg=None,
+        )
+    )
+
+# --- CLIP --------------------------------------------------------------------------------
+CLIP_VISION = Encoder(
+    name="vision",
+    blocks="vision_model.encoder.layers",
+    block=CLIP_BLOCK,
+    embeddings="vision_model.embeddings",
+    patch_embedding="vision_model.embeddings.patch_embedding",
+    pre_norm="vision_model.pre_layrnorm",
+    final_norm="vision_model.post_layernorm",
+)
+CLIP_TEXT = Encoder(
+    name="text",
+    blocks="text_model.encoder.layers",
+    block=CLIP_BLOCK,
+    embeddings="text_model.embeddings",
+    final_norm="text_model.final_layer_norm",
+    causal=True,
+)
+register_family(
+    Family(
+        name="hf-clip",
+        matches=_is("clip", "CLIPModel"),
+        encoders=(CLIP_VISION, CLIP_TEXT),
+        prefix_roles=_cls_only,
+        patch_size=_patch,
+        image_size=_image,
+        head=Head("none"),
+    )
+)
+register_family(
+    Family(
+        name="hf-clip-vision",
+        matches=lambda m: type(m).__name__ in ("CLIPVisionModel", "CLIPVisionModelWithProjection"),
+        encoders=(CLIP_VISION,),
+        prefix_roles=_cls_only,
+        patch_size=_patch,
+        image_size=_image,
+    )
+)
+
+# --- Swin (windowed attention: capture works, global token methods do not) ----------------
+register_family(
+    Family(
+        name="hf-swin",
+        matches=lambda m: getattr(_config(m), "model_type", None) in ("swin", "swinv2"),
+        encoders=(),
+        prefix_roles=lambda m: (),
+        patch_size=_patch,
+        image_size=_image,
+        windowed=True,
+    )
+)

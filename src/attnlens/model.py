@@ -1,0 +1,196 @@
+"""The model wrapper every attnlens function works with.
+
+:class:`AttnLensModel` keeps the user's ``torch.nn.Module`` untouched (``.module``) and adds what
+interpretation needs: preprocessing, labels, the model family's adapter and the token layout for an
+actual input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from attnlens.adapters import Family, attention_layers, find_family
+from attnlens.capture import AttentionCapture, capture_attention
+from attnlens.errors import InputError, UnsupportedModelError
+from attnlens.images import ImageLike, load_images
+from attnlens.tokens import TokenLayout, grid_for_input
+
+
+class AttnLensModel:
+    """A model plus what attnlens needs to interpret it.
+
+    Attributes:
+        module: the underlying ``torch.nn.Module`` (full access; attnlens never modifies it).
+        family: the adapter describing the model family (see :mod:`attnlens.adapters`).
+        processor: the image processor (Hugging Face image processor or compatible callable).
+        tokenizer: the text tokenizer for text-image models (CLIP), else ``None``.
+        id2label: class index -> label name (empty for backbones).
+        source: where the model was loaded from.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        processor: Any = None,
+        *,
+        tokenizer: Any = None,
+        id2label: dict[int, str] | None = None,
+        source: str = "<module>",
+    ) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.family: Family = find_family(module)
+        self.processor = processor
+        self.tokenizer = tokenizer
+        config = getattr(module, "config", None)
+        labels = id2label if id2label is not None else getattr(config, "id2label", None) or {}
+        self.id2label = {int(index): str(label) for index, label in labels.items()} if self.family.head.pooling != "none" else {}
+        self.source = source
+
+    # ----------------------------------------------------------------- basic properties
+    def __repr__(self) -> str:
+        return f"AttnLensModel({type(self.module).__name__}, family={self.family.name!r}, source={self.source!r})"
+
+    @property
+    def device(self) -> torch.device:
+        for parameter in self.module.parameters():
+            return parameter.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for parameter in self.module.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+        return torch.float32
+
+    def to(self, *args, **kwargs) -> "AttnLensModel":
+        self.module.to(*args, **kwargs)
+        return self
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return self.family.patch_size(self.module)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.family.image_size(self.module)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.id2label)
+
+    def label_index(self, label: str) -> int:
+        """Class index of a label name (case-insensitive); raises with the valid names otherwise."""
+        for index, name in self.id2label.items():
+            if name.lower() == label.lower():
+                return index
+        raise InputError(f"unknown class name {label!r}; valid names: {sorted(self.id2label.values())}")
+
+    # ----------------------------------------------------------------- preprocessing
+    def preprocess(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Pixel tensor ``(B, 3, H, W)`` the model expects, on the model's device and dtype.
+
+        ``images``: file paths, PIL images or numpy arrays of any size and mode (see
+        :func:`attnlens.images.to_rgb_array`); a ``(B, 3, H, W)`` / ``(3, H, W)`` tensor is taken as
+        already preprocessed. ``size`` (``(H, W)``) overrides the model's input size, e.g. for
+        non-square inputs (position embeddings are then interpolated).
+        """
+        if isinstance(images, torch.Tensor):
+            return self._check_pixels(images)
+        arrays = load_images(images)
+        if self.processor is None:
+            raise InputError("this model has no image processor; pass a preprocessed (B, 3, H, W) tensor")
+        kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        if size is not None:
+            height, width = int(size[0]), int(size[1])
+            kwargs.update(size={"height": height, "width": width}, do_center_crop=False)
+        pixels = self.processor(images=[a for a in arrays], **kwargs)["pixel_values"]
+        return pixels.to(device=self.device, dtype=self.dtype)
+
+    def _check_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dim() == 3:
+            pixels = pixels.unsqueeze(0)
+        if pixels.dim() != 4:
+            raise InputError(f"pixel tensor must be (B, C, H, W) or (C, H, W), got shape {tuple(pixels.shape)}")
+        if not pixels.is_floating_point():
+            raise InputError(f"pixel tensor must be floating point (normalised), got {pixels.dtype}")
+        patch = self.patch_size
+        if pixels.shape[-2] < patch[0] or pixels.shape[-1] < patch[1]:
+            raise InputError(f"input {tuple(pixels.shape[-2:])} is smaller than one {patch} patch")
+        return pixels.to(device=self.device, dtype=self.dtype)
+
+    # ----------------------------------------------------------------- tokens and forward
+    def token_layout(self, pixels: torch.Tensor | tuple[int, int] | None = None) -> TokenLayout:
+        """Token layout for an input (a pixel tensor or its ``(H, W)``; default: the model's size)."""
+        if self.family.windowed:
+            raise UnsupportedModelError(
+                f"{type(self.module).__name__} uses windowed (hierarchical) attention: its tokens are "
+                "not one global sequence of prefix tokens + patch grid"
+            )
+        if pixels is None:
+            shape = self.image_size
+        elif isinstance(pixels, torch.Tensor):
+            shape = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        else:
+            shape = (int(pixels[0]), int(pixels[1]))
+        patch = self.patch_size
+        return TokenLayout(self.family.prefix_roles(self.module), grid_for_input(shape, patch), patch)
+
+    def forward_kwargs(self, pixels: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments that make the model accept ``pixels`` of a non-default size."""
+        kwarg = self.family.interpolate_kwarg
+        if kwarg and tuple(pixels.shape[-2:]) != tuple(self.image_size):
+            return {kwarg: True}
+        return {}
+
+    def __call__(self, pixels: torch.Tensor, **kwargs: Any) -> Any:
+        """Run the underlying module on a pixel tensor (interpolating positions if needed)."""
+        return self.module(pixel_values=pixels, **self.forward_kwargs(pixels), **kwargs)
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, num_classes)`` class logits of a classifier."""
+        if self.family.head.pooling == "none":
+            raise UnsupportedModelError(
+                f"{type(self.module).__name__} is a backbone without a classification head: it has no logits; "
+                "explain a callable target instead (e.g. a CLS-embedding dimension or a similarity)"
+            )
+        output = self(pixels)
+        return output.logits if hasattr(output, "logits") else output
+
+    @torch.no_grad()
+    def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k ``(label, probability)`` per image."""
+        logits = self.logits(self.preprocess(images)).float()
+        probabilities = logits.softmax(-1)
+        k = min(top_k, probabilities.shape[-1])
+        values, indices = probabilities.topk(k, dim=-1)
+        return [
+            [(self.id2label.get(int(i), str(int(i))), float(v)) for v, i in zip(row_v, row_i)]
+            for row_v, row_i in zip(values, indices)
+        ]
+
+    # ----------------------------------------------------------------- attention
+    def attention_layers(self, encoder: str | None = None) -> list[tuple[str, nn.Module]]:
+        return attention_layers(self.module, encoder)
+
+    def capture(self, layers=None, *, encoder: str | None = None, **kwargs: Any) -> AttentionCapture:
+        """Shortcut for :func:`attnlens.capture_attention` on this model."""
+        return capture_attention(self, layers, encoder=encoder, **kwargs)
+
+
+def as_model(model: AttnLensModel | nn.Module) -> AttnLensModel:
+    """Wrap a plain module (HF or timm) into an :class:`AttnLensModel`; pass wrappers through."""
+    if isinstance(model, AttnLensModel):
+        return model
+    if isinstance(model, nn.Module):
+        from attnlens.loading import default_processor
+
+        return AttnLensModel(model, default_processor(model))
+    raise TypeError(f"expected an attnlens model (attnlens.load) or a torch.nn.Module, got {type(model).__name__}")
+
