@@ -1,0 +1,43 @@
+"""``rollout``: attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in
+Transformers").
+
+Rules, as in Chefer et al.'s baseline implementation (``Baselines.generate_rollout``): for every
+block ``l`` take the head mean ``Ā_l = mean_h A_l``, add the identity for the residual connection
+and normalise the rows: ``Â_l = (Ā_l + I) / rowsum``. The rollout is the product
+``Â_{L-1} ... Â_{start_layer}`` (later layers on the left); the explanation is the readout (CLS) row
+over the patch columns. Class-independent. ``start_layer`` (default 0) may be negative.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attnlens.explain.base import ExplainContext, Method, register_method
+
+
+def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
+    """Roll out ``(B, H, T, T)`` attentions (first layer first) -> ``(B, T, T)``."""
+    result = None
+    for attention in attentions:
+        mean = attention.mean(dim=1)
+        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+        step = mean + eye
+        step = step / step.sum(dim=-1, keepdim=True)
+        result = step if result is None else torch.bmm(step, result)
+    return result
+
+
+@register_method
+class Rollout(Method):
+    name = "rollout"
+    description = "attention rollout: head mean + identity, row-normalised, multiplied from start_layer"
+    paper = "Abnar & Zuidema, ACL 2020"
+    defaults = {"start_layer": 0}
+    class_specific = False
+
+    def relevance(self, context: ExplainContext, *, start_layer: int = 0, **options: Any) -> torch.Tensor:
+        start = context.check_start_layer(start_layer)
+        attentions = context.forward_with_attention(list(range(start, context.num_layers)))
+        return context.readout(context.per_row(rollout(attentions)))

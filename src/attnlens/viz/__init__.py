@@ -1,0 +1,1 @@
+"""Figures: heat-map overlays, method comparisons, probing plots."""

@@ -1,0 +1,41 @@
+"""Heat-map overlays: relevance maps blended over their input images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image
+
+from attnlens.errors import InputError
+from attnlens.images import load_images
+
+
+def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Map values in ``[0, 1]`` ``(H, W)`` to RGB uint8 ``(H, W, 3)`` with a matplotlib colormap."""
+    rgba = colormaps[colormap](np.clip(values, 0.0, 1.0))
+    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+    """Blend a ``[0, 1]`` heat map (any size; resized bilinearly) over an RGB uint8 image."""
+    height, width = image.shape[:2]
+    heat_tensor = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
+    resized = F.interpolate(heat_tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    colored = colorize(resized, colormap).astype(np.float32)
+    mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * colored
+    return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
+
+
+def overlay_heatmaps(images, explanation, alpha: float = 0.5, colormap: str = "jet") -> list[Image.Image]:
+    """One overlay per explanation row, on the image the row explains (normalised per row)."""
+    arrays = load_images(images)
+    needed = int(explanation.image_index.max()) + 1 if len(explanation) else 0
+    if len(arrays) < needed:
+        raise InputError(f"the explanation covers {needed} images but {len(arrays)} were given to overlay()")
+    maps = explanation.normalized().cpu().numpy()
+    return [
+        blend(arrays[int(index)], heat, alpha, colormap)
+        for index, heat in zip(explanation.image_index.tolist(), maps)
+    ]
