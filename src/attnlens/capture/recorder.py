@@ -267,7 +267,9 @@ class AttentionCapture:
     def _post_hook(self, module: nn.Module, args: tuple, output: object) -> None:
         scopes = _scopes()
         scope = scopes.pop() if scopes and scopes[-1].capture is self else None
-        if scope is not None and not scope.recorded:
+        # ``output is None`` when the forward raised (hooks with always_call run then too): the
+        # original exception must propagate, not a complaint about missing attention.
+        if scope is not None and not scope.recorded and output is not None:
             raise AttentionNotFoundError(
                 f"attention layer {scope.name!r} ran but its attention probabilities could not be seen: "
                 "it computes attention without scaled_dot_product_attention or a softmax over the keys "

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install attnlens with the pinned versions of constraints.txt.
+# Usage: bash scripts/setup.sh [extra ...]   e.g. bash scripts/setup.sh dev
+# Re-running is cheap: nothing is reinstalled unless pyproject.toml or constraints.txt changed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3}"
+extras="${1:-}"
+if [ ! -x .venv/bin/python ]; then
+  echo "attnlens setup: creating .venv with $($python --version 2>&1)"
+  "$python" -m venv .venv
+fi
+stamp=".venv/.attnlens-setup-$( (cat pyproject.toml constraints.txt; echo "$extras") | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "attnlens setup: installing dependencies (pinned in constraints.txt)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch first and pinned exactly, so that no other requirement pulls a different build.
+  .venv/bin/python -m pip install --quiet "$(grep '^torch==' constraints.txt)"
+  spec="."
+  [ -n "$extras" ] && spec=".[$extras]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e "$spec"
+  rm -f .venv/.attnlens-setup-*
+  touch "$stamp"
+fi
