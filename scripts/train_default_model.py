@@ -19,7 +19,7 @@ Outputs (defaults)::
 
 Usage::
 
-    python scripts/train_default_model.py                 # full run (~10 min, 1 CPU thread)
+    python scripts/train_default_model.py                 # full run (~6 min, 1 CPU thread)
     python scripts/train_default_model.py --quick --out /tmp/m   # smoke test (seconds)
 """
 
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="sample image folder (default: <out>/../samples)",
     )
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1200, --quick: 20)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 600, --quick: 20)")
     p.add_argument("--seed", type=int, default=0, help="training seed (init, order, training data)")
     p.add_argument("--quick", action="store_true", help="very short run for smoke tests (no accuracy check)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 8%% of steps)")
     p.add_argument("--train-size", type=int, default=None, help="training pool size (default 12000, --quick: 256)")
     p.add_argument("--test-size", type=int, default=None, help="held-out images (default 900, --quick: 60)")
-    p.add_argument("--eval-every", type=int, default=200, help="log accuracy on a held-out slice every N steps")
+    p.add_argument("--eval-every", type=int, default=100, help="log accuracy on a held-out slice every N steps")
     p.add_argument(
         "--min-accuracy",
         type=float,
@@ -212,7 +212,7 @@ def select_samples(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.time()
-    steps = args.steps if args.steps is not None else (20 if args.quick else 1200)
+    steps = args.steps if args.steps is not None else (20 if args.quick else 600)
     train_size = args.train_size if args.train_size is not None else (256 if args.quick else 12_000)
     test_size = args.test_size if args.test_size is not None else (60 if args.quick else 900)
     warmup = args.warmup if args.warmup is not None else max(1, int(0.08 * steps))

@@ -4,7 +4,12 @@ Main entry points:
 
 * :func:`load` — a model from the hub, a folder, timm or the embedded default model;
 * :func:`capture_attention` — record attention probabilities (and their gradients) of any model;
-* :class:`TokenLayout` — named token roles and the patch grid of an input.
+* :class:`TokenLayout` — named token roles and the patch grid of an input;
+* :func:`explain` / :func:`methods` — explanation maps by method name;
+* :mod:`attnlens.probe` — mean attention distance, DINO maps, CKA, entropy, token norms.
+
+``attnlens.explain`` is the function; the methods live in the ``attnlens.explain`` package
+(``from attnlens.explain import Explanation``).
 """
 
 from attnlens.capture import AttentionCapture, AttentionRecord, capture_attention
@@ -20,6 +25,8 @@ from attnlens.errors import (
 from attnlens.loading import default_model_path, load, sample_images
 from attnlens.model import AttnLensModel, as_model
 from attnlens.tokens import TokenLayout
+from attnlens import probe
+from attnlens.explain import Explanation, explain, methods
 
 __version__ = "0.1.0"
 
@@ -36,7 +43,11 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedModelError",
     "as_model",
+    "Explanation",
     "capture_attention",
+    "explain",
+    "methods",
+    "probe",
     "default_model_path",
     "load",
     "sample_images",

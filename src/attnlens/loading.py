@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -88,14 +90,15 @@ def _load_hf(source: str, allow_pickle: bool, options: dict[str, Any]) -> AttnLe
     try:
         config = transformers.AutoConfig.from_pretrained(source, **hub_kwargs)
         cls = _model_class(config)
-        module, info = cls.from_pretrained(
-            source,
-            config=config,
-            use_safetensors=None if allow_pickle else True,
-            output_loading_info=True,
-            **hub_kwargs,
-            **options,
-        )
+        with _quiet_progress():
+            module, info = cls.from_pretrained(
+                source,
+                config=config,
+                use_safetensors=None if allow_pickle else True,
+                output_loading_info=True,
+                **hub_kwargs,
+                **options,
+            )
     except (OSError, ValueError, KeyError, EnvironmentError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not is_local and not allow_pickle and "safetensors" in message.lower():
@@ -113,6 +116,20 @@ def _load_hf(source: str, allow_pickle: bool, options: dict[str, Any]) -> AttnLe
     processor = _load_processor(source, module, hub_kwargs)
     tokenizer = _load_tokenizer(source, config, hub_kwargs)
     return AttnLensModel(module, processor, tokenizer=tokenizer, source=source)
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-weight progress bar while loading (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _load_processor(source: str, module: nn.Module, hub_kwargs: dict[str, Any]):

@@ -30,6 +30,8 @@ class BlockParts:
     A block computes ``x = x + ls1 * out_proj(attn(norm1(x)))`` then
     ``x = x + ls2 * fc2(act(fc1(norm2(x))))``. Either ``query``/``key``/``value`` (separate
     projections) or ``qkv`` (one fused projection, rows ordered q, k, v) is given.
+    ``layer_scale1``/``layer_scale2`` name a module (applied to the branch output) or a parameter /
+    number attribute (multiplied with it), e.g. BEiT's ``lambda_1``.
     """
 
     attention: str
@@ -60,6 +62,13 @@ class Encoder:
         pre_norm: path of a norm applied to the embeddings before the first block (CLIP).
         final_norm: path of the norm applied after the last block (``None`` if absent).
         causal: the encoder uses a causal attention mask (CLIP's text tower).
+        position_embedding: path of the absolute position-embedding table (a parameter of shape
+            ``(1, rows, D)`` / ``(rows, D)`` or an ``nn.Embedding``); its rows beyond the patches of
+            the default input size belong to the leading prefix tokens. Used to split the
+            embeddings into content and position (full LRP); ``None`` if absent or unknown.
+        attention_bias: ``(model, block_index, layout, interpolate) -> (1, H, T, T) or None``, the
+            additive attention-score bias of a block (BEiT's relative position bias), for methods
+            that recompute attention from the block's parts.
     """
 
     name: str
@@ -70,6 +79,8 @@ class Encoder:
     pre_norm: str | None = None
     final_norm: str | None = None
     causal: bool = False
+    position_embedding: str | None = None
+    attention_bias: Callable | None = None
 
     def block_modules(self, model: nn.Module) -> list[nn.Module]:
         return list(get_submodule(model, self.blocks))

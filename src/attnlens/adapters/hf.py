@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from attnlens.adapters.base import BlockParts, Encoder, Family, Head, register_family, to_pair
+from attnlens.adapters.base import BlockParts, Encoder, Family, Head, get_submodule, register_family, to_pair
 from attnlens.tokens import CLS, DISTILLATION, REGISTER
 
 
@@ -68,6 +68,21 @@ DINOV2_BLOCK = BlockParts(
     layer_scale2="layer_scale2",
 )
 
+BEIT_BLOCK = BlockParts(
+    attention="attention",
+    norm1="layernorm_before",
+    norm2="layernorm_after",
+    query="attention.q_proj",
+    key="attention.k_proj",
+    value="attention.v_proj",
+    out_proj="attention.o_proj",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+    activation="mlp.activation_fn",
+    layer_scale1="lambda_1",  # a parameter, or the float 1.0 without layer scale
+    layer_scale2="lambda_2",
+)
+
 CLIP_BLOCK = BlockParts(
     attention="self_attn",
     norm1="layer_norm1",
@@ -82,7 +97,26 @@ CLIP_BLOCK = BlockParts(
 )
 
 
-def _vit_like_encoder(prefix: str, block: BlockParts = HF_BLOCK) -> Encoder:
+def _beit_attention_bias(prefix: str):
+    """BEiT's additive attention bias of block ``index``: shared and/or per-block relative position bias."""
+
+    def attention_bias(model: nn.Module, index: int, layout, interpolate: bool):
+        root = get_submodule(model, prefix.rstrip("."))
+        window = tuple(layout.grid)
+        bias = None
+        shared = getattr(root, "shared_position_bias", None)
+        if shared is not None:
+            bias = shared(window, interpolate_pos_encoding=interpolate, dim_size=layout.num_tokens)
+        own = getattr(root.layers[index], "relative_position_bias", None)
+        if own is not None:
+            block_bias = own(window, interpolate, dim_size=layout.num_tokens)
+            bias = block_bias if bias is None else block_bias + bias
+        return bias
+
+    return attention_bias
+
+
+def _vit_like_encoder(prefix: str, block: BlockParts = HF_BLOCK, attention_bias=None) -> Encoder:
     return Encoder(
         name="vision",
         blocks=f"{prefix}layers",
@@ -90,6 +124,8 @@ def _vit_like_encoder(prefix: str, block: BlockParts = HF_BLOCK) -> Encoder:
         embeddings=f"{prefix}embeddings",
         patch_embedding=f"{prefix}embeddings.patch_embeddings.projection",
         final_norm=f"{prefix}layernorm",
+        position_embedding=f"{prefix}embeddings.position_embeddings",
+        attention_bias=attention_bias,
     )
 
 
@@ -108,7 +144,7 @@ def _vit_family(name: str, model_type: str, base: str, head: Head, prefix_roles=
     )
 
 
-def _backbone_family(name: str, model_type: str, class_names: tuple[str, ...], block=HF_BLOCK, prefix_roles=_cls_only, final_norm="layernorm", interpolate="interpolate_pos_encoding") -> None:
+def _backbone_family(name: str, model_type: str, class_names: tuple[str, ...], block=HF_BLOCK, prefix_roles=_cls_only, final_norm="layernorm", interpolate="interpolate_pos_encoding", attention_bias=None) -> None:
     encoder = Encoder(
         name="vision",
         blocks="encoder.layer" if block is DINOV2_BLOCK else "layers",
@@ -116,6 +152,8 @@ def _backbone_family(name: str, model_type: str, class_names: tuple[str, ...], b
         embeddings="embeddings",
         patch_embedding="embeddings.patch_embeddings.projection",
         final_norm=final_norm,
+        position_embedding="embeddings.position_embeddings",
+        attention_bias=attention_bias,
     )
     register_family(
         Family(
@@ -162,7 +200,7 @@ register_family(
     Family(
         name="hf-beit",
         matches=lambda m: _is("beit", "BeitForImageClassification")(m) and bool(_config(m).use_mean_pooling),
-        encoders=(_vit_like_encoder("beit."),),
+        encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
         prefix_roles=_cls_only,
         patch_size=_patch,
         image_size=_image,
@@ -173,14 +211,14 @@ register_family(
     Family(
         name="hf-beit-cls",
         matches=lambda m: _is("beit", "BeitForImageClassification")(m) and not bool(_config(m).use_mean_pooling),
-        encoders=(_vit_like_encoder("beit."),),
+        encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
         prefix_roles=_cls_only,
         patch_size=_patch,
         image_size=_image,
         head=Head("cls", ("classifier",)),
     )
 )
-_backbone_family("hf-beit-backbone", "beit", ("BeitModel",))
+_backbone_family("hf-beit-backbone", "beit", ("BeitModel",), block=BEIT_BLOCK, attention_bias=_beit_attention_bias(""))
 
 # --- DINOv2 (optionally with registers) ----------------------------------------------------
 for _type, _prefix in (("dinov2", "Dinov2"), ("dinov2_with_registers", "Dinov2WithRegisters")):
@@ -197,6 +235,7 @@ for _type, _prefix in (("dinov2", "Dinov2"), ("dinov2_with_registers", "Dinov2Wi
                     embeddings=f"{_type}.embeddings",
                     patch_embedding=f"{_type}.embeddings.patch_embeddings.projection",
                     final_norm=f"{_type}.layernorm",
+                    position_embedding=f"{_type}.embeddings.position_embeddings",
                 ),
             ),
             prefix_roles=_dinov2_roles,
@@ -208,15 +247,20 @@ for _type, _prefix in (("dinov2", "Dinov2"), ("dinov2_with_registers", "Dinov2Wi
     )
 
 # --- CLIP --------------------------------------------------------------------------------
-CLIP_VISION = Encoder(
-    name="vision",
-    blocks="vision_model.encoder.layers",
-    block=CLIP_BLOCK,
-    embeddings="vision_model.embeddings",
-    patch_embedding="vision_model.embeddings.patch_embedding",
-    pre_norm="vision_model.pre_layrnorm",
-    final_norm="vision_model.post_layernorm",
-)
+def _clip_vision_encoder(prefix: str) -> Encoder:
+    return Encoder(
+        name="vision",
+        blocks=f"{prefix}encoder.layers",
+        block=CLIP_BLOCK,
+        embeddings=f"{prefix}embeddings",
+        patch_embedding=f"{prefix}embeddings.patch_embedding",
+        pre_norm=f"{prefix}pre_layrnorm",
+        final_norm=f"{prefix}post_layernorm",
+        position_embedding=f"{prefix}embeddings.position_embedding",
+    )
+
+
+CLIP_VISION = _clip_vision_encoder("vision_model.")
 CLIP_TEXT = Encoder(
     name="text",
     blocks="text_model.encoder.layers",
@@ -239,8 +283,19 @@ register_family(
 register_family(
     Family(
         name="hf-clip-vision",
-        matches=lambda m: type(m).__name__ in ("CLIPVisionModel", "CLIPVisionModelWithProjection"),
+        # transformers 5 builds CLIPVisionModel's parts at the top level, 4.x under ``vision_model``
+        matches=lambda m: type(m).__name__ in ("CLIPVisionModel", "CLIPVisionModelWithProjection") and hasattr(m, "vision_model"),
         encoders=(CLIP_VISION,),
+        prefix_roles=_cls_only,
+        patch_size=_patch,
+        image_size=_image,
+    )
+)
+register_family(
+    Family(
+        name="hf-clip-vision-flat",
+        matches=lambda m: type(m).__name__ == "CLIPVisionModel" and not hasattr(m, "vision_model"),
+        encoders=(_clip_vision_encoder(""),),
         prefix_roles=_cls_only,
         patch_size=_patch,
         image_size=_image,

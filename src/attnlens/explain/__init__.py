@@ -84,6 +84,7 @@ def explain(
         input_size=(int(pixels.shape[-2]), int(pixels.shape[-1])),
         logits=None if context.logits is None else context.logits.detach(),
         options=settings,
+        extras=context.extras,
     )
 
 

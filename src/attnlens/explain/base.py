@@ -41,6 +41,8 @@ class Explanation:
         input_size: ``(H, W)`` of the model input in pixels.
         logits: ``(B, C)`` logits of the explained forward pass (``None`` for backbones).
         options: the method options used.
+        extras: method-specific additional results, e.g. ``"pixel_relevance"`` ``(N, H, W)`` for
+            full LRP (the relevance of every input pixel, summed over channels).
     """
 
     relevance: torch.Tensor
@@ -52,6 +54,7 @@ class Explanation:
     input_size: tuple[int, int]
     logits: torch.Tensor | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.relevance.shape[0])
@@ -139,6 +142,7 @@ class ExplainContext:
         self.output: Any = None
         self.attentions: list[torch.Tensor] = []
         self._layers: list[int] = []
+        self.extras: dict[str, Any] = {}  # copied to Explanation.extras
 
     @property
     def num_layers(self) -> int:
@@ -279,8 +283,7 @@ def _load_all_methods() -> None:
     import importlib
     import pkgutil
 
-    import attnlens.explain as package
-
+    package = importlib.import_module("attnlens.explain")  # the package (attnlens.explain is also a function)
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         importlib.import_module(info.name)
 

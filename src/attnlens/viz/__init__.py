@@ -1,1 +1,1 @@
-"""Figures: heat-map overlays, method comparisons, probing plots."""
+"""Visualisation helpers (figures, overlays) and atomic output writing (:mod:`attnlens.viz.io`)."""
