@@ -26,6 +26,7 @@ from attnlens.loading import default_model_path, load, sample_images
 from attnlens.model import AttnLensModel, as_model
 from attnlens.tokens import TokenLayout
 from attnlens import probe
+from attnlens.clip import ClipExplanation, explain_clip, explain_image_similarity
 from attnlens.explain import Explanation, explain, methods
 
 __version__ = "0.1.0"
@@ -43,9 +44,12 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedModelError",
     "as_model",
+    "ClipExplanation",
     "Explanation",
     "capture_attention",
     "explain",
+    "explain_clip",
+    "explain_image_similarity",
     "methods",
     "probe",
     "default_model_path",

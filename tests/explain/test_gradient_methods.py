@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import attnlens
-from attnlens.explain import explain
+from attnlens.explain import Explanation, explain
 from attnlens.explain.attention_gradcam import attention_gradcam
 from attnlens.explain.base import min_max
 from attnlens.explain.generic import generic_relevance
@@ -48,7 +48,7 @@ def _targets(golden: dict[str, np.ndarray], which: str) -> list[int] | None:
     return [int(golden[f"{name}__other_index"]) for name in NAMES]
 
 
-_cache: dict[tuple, attnlens.explain.Explanation] = {}
+_cache: dict[tuple, Explanation] = {}
 
 
 def _explain(model, pixels, golden, method: str, which: str, **options):
