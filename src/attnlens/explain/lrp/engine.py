@@ -22,8 +22,21 @@ Where the relevance starts (:class:`Seeds`):
   otherwise (backbones, or an ``f`` that does not use the logits) the relevance starts at the
   final tokens as gradient × output, ``R = x_L ⊙ ∂f/∂x_L``.
 
+Head rules of the explicit pass (the reference only has a linear head on the CLS token):
+α1β0 for every classifier; the reference's ``IndexSelect`` rule ``x ⊙ safe_divide(R, x)`` for a
+selected token; the ``Add`` rule between the two halves of DeiT's distillation average; the
+z-rule for mean pooling (``R_i = x_i / n ⊙ R / mean``); pooling and final norms pass relevance
+through, as the reference's layer norms do.
+
 Every method runs the forward pass once per call; relevance passes are batched over all explained
-rows (several targets per image reuse the image's activations).
+rows (several targets per image reuse the image's activations). Token rows without relevance
+(all but the readout tokens in the top block) are skipped in the token-wise layers. Models with
+forward hooks on the recomputed parts are refused (the hooks would be bypassed), except the
+observer hooks ``transformers`` installs for ``output_hidden_states`` / ``output_attentions``.
+
+Cost of the explicit α1β0 rule: three matrix products per linear layer (``z⁺`` from the forward
+product and ``|x| |W|ᵀ``, then ``S W`` and ``S |W|``), against one for the forward pass; ``|W|`` is
+cached per model (:data:`ABSOLUTE_WEIGHTS`).
 """
 
 from __future__ import annotations
@@ -337,6 +350,9 @@ def _prefix_positions(model, encoder: Encoder, layout: TokenLayout, dtype: torch
     return positions
 
 
+_OBSERVER_MODULES = ("transformers.utils.output_capturing",)
+
+
 def check_hooks(modules: list[nn.Module]) -> None:
     """Refuse models with forward hooks on parts the functional forward recomputes (they would be bypassed)."""
     import torch.nn.modules.module as module_globals
@@ -345,9 +361,14 @@ def check_hooks(modules: list[nn.Module]) -> None:
         raise UnsupportedModelError(
             "global module forward hooks are installed; LRP recomputes the encoder functionally and would bypass them"
         )
+    def foreign(hooks) -> bool:
+        # transformers installs persistent output-capturing hooks (observers that return None) the
+        # first time hidden states / attentions are requested; they do not change the computation
+        return any(not str(getattr(hook, "__module__", "")).startswith(_OBSERVER_MODULES) for hook in hooks.values())
+
     for root in modules:
         for name, sub in root.named_modules():
-            if sub._forward_hooks or sub._forward_pre_hooks:
+            if foreign(sub._forward_hooks) or foreign(sub._forward_pre_hooks):
                 raise UnsupportedModelError(
                     f"{type(sub).__name__} {name or ''} has forward hooks; LRP recomputes the encoder from its "
                     "parts and would bypass them (remove the hooks first)"
@@ -534,22 +555,19 @@ class _Stop(Exception):
     pass
 
 
-def embed(spec: Spec, pixels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(embeddings, tokens)``: the embedding module's output and the first block's input.
+def embed(model, spec: Spec, pixels: torch.Tensor) -> torch.Tensor:
+    """The token embeddings ``(B, T, D)``: the embedding module's output (before any pre-norm).
 
-    Without an embeddings module in the adapter, the first block's input is read by running the
-    model until that block (a forward pre-hook that stops the forward there).
+    Without an embeddings module in the adapter, the first block's input is used instead; it is
+    read by running the model until that block (a forward pre-hook that stops the forward there).
     """
-    if spec.embeddings is not None:
-        embeddings = spec.embeddings(pixels, **spec_kwargs(spec))
-        if isinstance(embeddings, (tuple, list)):
-            embeddings = embeddings[0]
-        return embeddings, embeddings
-    raise RuntimeError("embed_via_model must be used without an embeddings module")
-
-
-def spec_kwargs(spec: Spec) -> dict[str, Any]:
-    return spec.embeddings_kwargs
+    if spec.embeddings is None:
+        return first_block_input(model, spec, pixels)
+    with torch.no_grad():
+        embeddings = spec.embeddings(pixels, **spec.embeddings_kwargs)
+    if isinstance(embeddings, (tuple, list)):
+        embeddings = embeddings[0]
+    return embeddings
 
 
 def first_block_input(model, spec: Spec, pixels: torch.Tensor) -> torch.Tensor:
@@ -596,11 +614,7 @@ def forward(
             (AttnLRP).
     """
     layers = spec.num_layers
-    with torch.no_grad():
-        if spec.embeddings is not None:
-            embeddings, _ = embed(spec, pixels)
-        else:
-            embeddings = first_block_input(model, spec, pixels)
+    embeddings = embed(model, spec, pixels)
     spec.layout.check_length(embeddings.shape[1], what="the embeddings")
     graph_from = 0 if embeddings_leaf else grad_from
     if embeddings_leaf:
@@ -733,7 +747,7 @@ def seeds(context, spec: Spec, record: Record) -> Seeds:
             context.resolve(None)  # raises: backbones need callable targets
         plan = context.resolve(record.logits.detach())
         values = record.logits.new_zeros((plan.num_rows, record.logits.shape[-1]))
-        values[torch.arange(plan.num_rows), plan.classes.to(values.device)] = 1
+        values[torch.arange(plan.num_rows, device=values.device), plan.classes.to(values.device)] = 1
         kind = "logits"
     plan = context.plan
     return Seeds(kind, values, plan.rounds(), plan.image_index)

@@ -19,7 +19,9 @@ normalisation) and the explanation is the readout row of ``C`` (CLS; the mean of
 for mean-pooled models) over the patch columns. ``start_layer`` (default 0, negative counts from
 the end) is the first block multiplied in; blocks below it are not visited by the relevance pass.
 
-Cost: one forward, one backward for the gradients and one relevance pass down to ``start_layer``.
+Cost: one forward, one backward for the gradients (``transformer_attribution`` only) and one
+relevance pass down to ``start_layer``; in matrix-product units about 5 for ``transformer_attribution``
+(forward 1, gradient 1, α1β0 relevance 3) against 3 for a training-style forward + backward.
 """
 
 from __future__ import annotations
