@@ -151,7 +151,10 @@ class AttnLensModel:
 
     def __call__(self, pixels: torch.Tensor, **kwargs: Any) -> Any:
         """Run the underlying module on a pixel tensor (interpolating positions if needed)."""
-        return self.module(pixel_values=pixels, **self.forward_kwargs(pixels), **kwargs)
+        argument = self.family.pixel_argument
+        if argument is None:
+            return self.module(pixels, **self.forward_kwargs(pixels), **kwargs)
+        return self.module(**{argument: pixels}, **self.forward_kwargs(pixels), **kwargs)
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, num_classes)`` class logits of a classifier."""

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from probe_support import (  # noqa: F401  (fixtures are used by name)
-    dinoreg,
-    pixels,
-    vit,
-    vit_b,
-    write_images,
-)
+# fixtures are used by name
+from probe_support import dinoreg, pixels, vit, vit_b, write_images  # noqa: F401
 
 import attnlens
 from attnlens.probe import MinibatchCKA, cka, gram, hsic, iter_image_batches, layer_cka_matrix, layer_features, model_cka_matrix
@@ -184,5 +179,9 @@ def test_model_level_errors(vit):
         layer_cka_matrix(vit, x, tokens="max", progress=False)
     with pytest.raises(attnlens.InputError, match="out of range"):
         layer_cka_matrix(vit, x, layers=[0, 7], progress=False)
+    with pytest.raises(attnlens.InputError, match="block index 7 is out of range"):
+        model_cka_matrix(vit, vit, x, [0], [7], progress=False)
+    with pytest.raises(attnlens.InputError, match="no block named 'nope'"):
+        layer_features(vit, x, "nope")
     # the biased estimator accepts batches of 2
     assert layer_cka_matrix(vit, pixels(4), batch_size=2, unbiased=False, progress=False).matrix.shape == (2, 2)

@@ -9,10 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from probe_support import (  # noqa: F401  (fixtures are used by name)
-    GOLDEN_MODEL,
-    write_images,
-)
+from probe_support import GOLDEN_MODEL, write_images
 
 from attnlens.probe.cli import add_probe_parser, run_probe
 
@@ -113,10 +110,16 @@ def test_errors(tmp_path, capsys):
     assert "no image files" in capsys.readouterr().err
     write_images(tmp_path / "few", 2)
     assert _run(["probe", "mad", *_common(tmp_path / "few", tmp_path / "o"), "--layer", "9"]) == 2
-    assert "out of range" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "out of range" in error
+    assert "attention layer index 9" in error  # mad selects attention layers, norms and cka select blocks
     assert _run(["probe", "cka", *_common(tmp_path / "few", tmp_path / "o")]) == 2
     assert "at least 4" in capsys.readouterr().err
     assert _run(["probe", "dino", *_common(tmp_path / "few", tmp_path / "o"), "--layer", "nope"]) == 2
     assert "no attention layer named 'nope'" in capsys.readouterr().err
+    assert _run(["probe", "norms", *_common(tmp_path / "few", tmp_path / "o"), "--layer", "9"]) == 2
+    assert "block index 9 is out of range: the model has 4 blocks" in capsys.readouterr().err
+    assert _run(["probe", "cka", *_common(tmp_path / "few", tmp_path / "o"), "--layer", "vit.layers.0.attention"]) == 2
+    assert "no block named 'vit.layers.0.attention'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _run(["probe", "dino", str(tmp_path / "few"), "--threshold", "1.5"])

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from probe_support import (  # noqa: F401  (fixtures are used by name)
-    dinoreg,
-    golden_inputs,
-    golden_model,
-    goldens,
-    pixels,
-    vit,
-)
+# fixtures are used by name
+from probe_support import dinoreg, golden_inputs, golden_model, goldens, pixels, vit  # noqa: F401
 
 import attnlens
 from attnlens.probe import cls_attention_maps, head_mean_map, mass_threshold, select_heads, upsample_maps

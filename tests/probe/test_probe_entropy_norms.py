@@ -7,12 +7,8 @@ import math
 import pytest
 import torch
 
-from probe_support import (  # noqa: F401  (fixtures are used by name)
-    dinoreg,
-    pixels,
-    vit,
-    write_images,
-)
+# fixtures are used by name
+from probe_support import dinoreg, pixels, vit, write_images  # noqa: F401
 
 import attnlens
 from attnlens.probe import (
@@ -122,6 +118,18 @@ def test_token_norms_registers_and_errors(dinoreg, vit):
         token_norms(vit, pixels(1), layers=3)
     with pytest.raises(attnlens.InputError, match="no 'register' token"):
         token_norms(vit, pixels(1)).role_norms("register")
+
+
+def test_block_selection_errors_speak_of_blocks(vit):
+    # token norms (and CKA) select transformer blocks, not attention layers
+    message = r"block index 3 is out of range: the model has 2 blocks \(valid: -2\.\.1\)"
+    with pytest.raises(attnlens.InputError, match=message):
+        token_norms(vit, pixels(1), layers=3)
+    with pytest.raises(attnlens.InputError, match="no block named 'vit.layers.0.attention'; blocks: "):
+        token_norms(vit, pixels(1), layers=["vit.layers.0.attention"])
+    with pytest.raises(attnlens.InputError, match="block 1.5 must be an int index or a block name"):
+        token_norms(vit, pixels(1), layers=[0, 1.5])
+    assert token_norms(vit, pixels(1), layers=(-1, "vit.layers.0")).layer_names == ["vit.layers.0", "vit.layers.1"]
 
 
 def test_hooks_removed_after_error(vit):

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from probe_support import (  # noqa: F401  (fixtures are used by name)
-    dinoreg,
-    golden_inputs,
-    golden_model,
-    goldens,
-    pixels,
-    vit,
-    write_images,
-)
+# fixtures are used by name
+from probe_support import dinoreg, golden_inputs, golden_model, goldens, pixels, vit, write_images  # noqa: F401
 
 import attnlens
 from attnlens.probe import (

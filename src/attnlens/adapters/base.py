@@ -133,6 +133,7 @@ class Family:
         interpolate_kwarg: name of the forward keyword that enables position-embedding
             interpolation for other input sizes (``None`` if the model always interpolates).
         windowed: attention is windowed/hierarchical (Swin): global methods do not apply.
+        pixel_argument: keyword of the forward's image input (``None``: first positional).
     """
 
     name: str
@@ -144,6 +145,7 @@ class Family:
     head: Head = field(default_factory=lambda: Head("none"))
     interpolate_kwarg: str | None = "interpolate_pos_encoding"
     windowed: bool = False
+    pixel_argument: str | None = "pixel_values"
 
     def encoder(self, name: str | None = None) -> Encoder:
         """The encoder called ``name`` (default: the vision encoder, else the first)."""

@@ -3,6 +3,8 @@ without registers) and CLIP (vision and text towers)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from attnlens.adapters.base import BlockParts, Encoder, Family, Head, get_submodule, register_family, to_pair
@@ -53,37 +55,13 @@ HF_BLOCK = BlockParts(
     activation="mlp.activation_fn",
 )
 
-DINOV2_BLOCK = BlockParts(
-    attention="attention",
-    norm1="norm1",
-    norm2="norm2",
-    query="attention.q_proj",
-    key="attention.k_proj",
-    value="attention.v_proj",
-    out_proj="attention.o_proj",
-    fc1="mlp.fc1",
-    fc2="mlp.fc2",
-    activation="mlp.activation_fn",
-    layer_scale1="layer_scale1",
-    layer_scale2="layer_scale2",
-)
+DINOV2_BLOCK = replace(HF_BLOCK, norm1="norm1", norm2="norm2", layer_scale1="layer_scale1", layer_scale2="layer_scale2")
 
-BEIT_BLOCK = BlockParts(
-    attention="attention",
-    norm1="layernorm_before",
-    norm2="layernorm_after",
-    query="attention.q_proj",
-    key="attention.k_proj",
-    value="attention.v_proj",
-    out_proj="attention.o_proj",
-    fc1="mlp.fc1",
-    fc2="mlp.fc2",
-    activation="mlp.activation_fn",
-    layer_scale1="lambda_1",  # a parameter, or the float 1.0 without layer scale
-    layer_scale2="lambda_2",
-)
+# BEiT's layer scales are parameters ``lambda_1/2`` (or the float 1.0 without layer scale).
+BEIT_BLOCK = replace(HF_BLOCK, layer_scale1="lambda_1", layer_scale2="lambda_2")
 
-CLIP_BLOCK = BlockParts(
+CLIP_BLOCK = replace(
+    HF_BLOCK,
     attention="self_attn",
     norm1="layer_norm1",
     norm2="layer_norm2",
@@ -91,9 +69,6 @@ CLIP_BLOCK = BlockParts(
     key="self_attn.k_proj",
     value="self_attn.v_proj",
     out_proj="self_attn.out_proj",
-    fc1="mlp.fc1",
-    fc2="mlp.fc2",
-    activation="mlp.activation_fn",
 )
 
 

@@ -71,6 +71,7 @@ for _pool in ("cls", "mean_patches", "none"):
             image_size=_image,
             head=Head(_pool, ("head",) if _pool != "none" else (), pool_norm="fc_norm" if _pool == "mean_patches" else None),
             interpolate_kwarg=None,
+        pixel_argument=None,
         )
     )
 register_family(
@@ -83,6 +84,7 @@ register_family(
         image_size=_image,
         head=Head("cls_distillation_average", ("head", "head_dist")),
         interpolate_kwarg=None,
+        pixel_argument=None,
     )
 )
 register_family(
@@ -95,5 +97,6 @@ register_family(
         image_size=_image,
         windowed=True,
         interpolate_kwarg=None,
+        pixel_argument=None,
     )
 )

@@ -131,14 +131,8 @@ def _kind(item: Any) -> tuple:
 
 
 def iter_image_batches(
-    images: Images,
-    batch_size: int = 16,
-    *,
-    report: StreamReport | None = None,
-    on_error: str = "skip",
-    min_batch: int = 1,
-    progress: bool = False,
-    desc: str = "images",
+    images: Images, batch_size: int = 16, *, report: StreamReport | None = None, on_error: str = "skip",
+    min_batch: int = 1, progress: bool = False, desc: str = "images",
 ) -> Iterator[list[Any]]:
     """Yield batches (lists) of loaded images: RGB ``uint8`` arrays or preprocessed ``(3, H, W)`` tensors.
 
@@ -154,14 +148,8 @@ def iter_image_batches(
 
 
 def iter_named_batches(
-    images: Images,
-    batch_size: int = 16,
-    *,
-    report: StreamReport | None = None,
-    on_error: str = "skip",
-    min_batch: int = 1,
-    progress: bool = False,
-    desc: str = "images",
+    images: Images, batch_size: int = 16, *, report: StreamReport | None = None, on_error: str = "skip",
+    min_batch: int = 1, progress: bool = False, desc: str = "images",
 ) -> Iterator[list[tuple[str, Any]]]:
     """Like :func:`iter_image_batches`, with each image's name: ``(name, image)`` pairs, the name
     being the file path or ``image #i (type)`` for in-memory images."""
@@ -262,6 +250,28 @@ def attention_pass(
 
 
 # ------------------------------------------------------------------------------ residual stream
+def select_blocks(names: Sequence[str], blocks: LayerSelection) -> list[int]:
+    """Resolve a block selection (indices, negative indices, block names) to sorted indices.
+
+    :func:`attnlens.capture.select_layers` with errors that speak of *blocks* (transformer blocks,
+    whose outputs are the residual stream), not of attention layers.
+    """
+    if blocks is None:
+        return select_layers(names, None)
+    chosen = [blocks] if isinstance(blocks, (int, str)) else list(blocks)
+    count = len(names)
+    for block in chosen:
+        if isinstance(block, bool) or not isinstance(block, (int, str)):
+            raise InputError(f"block {block!r} must be an int index or a block name")
+        if isinstance(block, str) and block not in names:
+            raise InputError(f"no block named {block!r}; blocks: {list(names)}")
+        if isinstance(block, int) and not -count <= block < count:
+            raise InputError(
+                f"block index {block} is out of range: the model has {count} blocks (valid: {-count}..{count - 1})"
+            )
+    return select_layers(names, chosen)
+
+
 def block_pass(
     model: AttnLensModel,
     pixels: torch.Tensor,
@@ -278,7 +288,7 @@ def block_pass(
     encoder = model.family.encoder()
     blocks = encoder.block_modules(model.module)
     names = [f"{encoder.blocks}.{index}" for index in range(len(blocks))]
-    chosen = select_layers(names, layers)
+    chosen = select_blocks(names, layers)
     layout = model.token_layout(pixels)
     outputs: dict[int, torch.Tensor] = {}
 
@@ -302,3 +312,23 @@ def block_pass(
     if missing:
         raise AttentionNotFoundError(f"block(s) {missing} did not run during the forward pass")
     return [outputs[index] for index in chosen], [names[index] for index in chosen], layout
+
+
+# ------------------------------------------------------------------------------ batched passes
+def iter_passes(
+    forward: Callable[..., tuple[Any, list[str], TokenLayout]], model: AttnLensModel, images: Images,
+    layers: LayerSelection, reduce: Any, *, batch_size: int = 16, size: tuple[int, int] | None = None, **stream: Any,
+) -> Iterator[tuple[Any, list[str], TokenLayout]]:
+    """The per-batch loop of the probes: ``forward(model, pixels, layers, reduce)`` on every batch.
+
+    ``forward`` is :func:`attention_pass` (``reduce``: a dict of reducers) or :func:`block_pass`
+    (``reduce``: one function of the block output); what it returns is yielded batch by batch.
+    Images come from :func:`iter_image_batches` with ``batch_size`` and the keyword options
+    ``stream`` (``report``, ``on_error``, ``progress``, ...); ``size`` is the model input size.
+    """
+    # map, not a generator: no frame of this function sits between the batches and the caller's
+    # loop, so the "skipping unreadable image" warning still points at the probe that iterates
+    return map(
+        lambda batch: forward(model, to_pixels(model, batch, size), layers, reduce),
+        iter_image_batches(images, batch_size, **stream),
+    )

@@ -22,7 +22,7 @@ treatment (``"cls"``, ``"mean"`` of patches, ``"flatten"`` of patches).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +32,7 @@ import torch
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel, as_model
 from attnlens.probe._stream import (
-    CKA_MIN_BATCH,
-    Images,
-    LayerSelection,
-    StreamReport,
-    block_pass,
-    iter_image_batches,
-    to_pixels,
+    CKA_MIN_BATCH, Images, LayerSelection, StreamReport, block_pass, iter_image_batches, to_pixels,
 )
 from attnlens.tokens import TokenLayout
 
@@ -330,14 +324,29 @@ def _check_batch(batch_size: int, unbiased: bool) -> None:
         )
 
 
+def _feature_batches(
+    models: Sequence[AttnLensModel], selections: Sequence[LayerSelection], images: Images,
+    reduce: Callable[[torch.Tensor, TokenLayout], torch.Tensor], *,
+    batch_size: int, size: tuple[int, int] | None, **stream: Any,
+) -> Iterator[list[tuple[list[torch.Tensor], list[str]]]]:
+    """The feature-extraction loop of CKA: for each batch of images, each model's per-block features
+    ``(batch, features)`` (``reduce``: see :func:`_token_features`) and block names, in the order of
+    ``models`` / ``selections``. Every model sees the same images (its own preprocessing) in one
+    pass over ``images``; ``stream``: options of :func:`iter_image_batches`. (A ``map``, like
+    :func:`attnlens.probe._stream.iter_passes`, so that warnings point at the caller's loop.)"""
+
+    def features(batch: list[Any]) -> list[tuple[list[torch.Tensor], list[str]]]:
+        return [
+            block_pass(model, to_pixels(model, batch, size), layers, reduce)[:2]
+            for model, layers in zip(models, selections)
+        ]
+
+    return map(features, iter_image_batches(images, batch_size, **stream))
+
+
 def layer_features(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    tokens: str = "cls",
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    tokens: str = "cls", batch_size: int = 16, size: tuple[int, int] | None = None,
 ) -> tuple[list[torch.Tensor], list[str]]:
     """Per-block features ``(images, features)`` float64 (see :data:`TOKENS`), kept in memory.
 
@@ -347,8 +356,8 @@ def layer_features(
     reduce = _token_features(tokens)
     parts: list[list[torch.Tensor]] = []
     names: list[str] = []
-    for batch in iter_image_batches(images, batch_size, on_error="raise"):
-        values, names, _ = block_pass(model, to_pixels(model, batch, size), layers, reduce)
+    batches = _feature_batches([model], [layers], images, reduce, batch_size=batch_size, size=size, on_error="raise")
+    for [(values, names)] in batches:
         parts = parts or [[] for _ in values]
         for chunks, value in zip(parts, values):
             chunks.append(value.cpu())
@@ -366,18 +375,36 @@ def _options(kernel: str, unbiased: bool, threshold: float, tokens: str, batch_s
     }
 
 
+def _minibatch_cka(
+    models: Sequence[AttnLensModel | torch.nn.Module], selections: Sequence[LayerSelection], images: Images, *,
+    tokens: str, kernel: str, unbiased: bool, threshold: float, batch_size: int, size: tuple[int, int] | None,
+    progress: bool,
+) -> CKAResult:
+    """The streaming body of :func:`layer_cka_matrix` (one model: its blocks against each other) and
+    :func:`model_cka_matrix` (two models: the first one's blocks against the second one's)."""
+    _check_batch(batch_size, unbiased)
+    models = [as_model(model) for model in models]
+    reduce = _token_features(tokens)
+    accumulator = MinibatchCKA(kernel, unbiased, threshold)
+    report = StreamReport()
+    names: list[list[str]] = [[] for _ in models]
+    batches = _feature_batches(
+        models, selections, images, reduce, batch_size=batch_size, size=size,
+        report=report, on_error="skip", min_batch=_min_examples(unbiased), progress=progress, desc="CKA",
+    )
+    for passes in batches:
+        names = [block_names for _, block_names in passes]
+        accumulator.update(*[features for features, _ in passes])
+    return CKAResult(
+        accumulator.result(), list(names[0]), list(names[-1]), report.num_images, list(report.skipped),
+        _options(kernel, unbiased, threshold, tokens, batch_size),
+    )
+
+
 def layer_cka_matrix(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    tokens: str = "cls",
-    kernel: str = "linear",
-    unbiased: bool = True,
-    threshold: float = 1.0,
-    batch_size: int = 32,
-    size: tuple[int, int] | None = None,
-    progress: bool = True,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    tokens: str = "cls", kernel: str = "linear", unbiased: bool = True, threshold: float = 1.0,
+    batch_size: int = 32, size: tuple[int, int] | None = None, progress: bool = True,
 ) -> CKAResult:
     """Layer x layer minibatch CKA of one model's block outputs over a dataset (Raghu et al. 2021).
 
@@ -392,59 +419,24 @@ def layer_cka_matrix(
 
     Unreadable files are skipped with a warning and counted in ``result.skipped``.
     """
-    _check_batch(batch_size, unbiased)
-    model = as_model(model)
-    reduce = _token_features(tokens)
-    accumulator = MinibatchCKA(kernel, unbiased, threshold)
-    report = StreamReport()
-    names: list[str] = []
-    batches = iter_image_batches(
-        images, batch_size, report=report, on_error="skip", min_batch=_min_examples(unbiased), progress=progress, desc="CKA"
-    )
-    for batch in batches:
-        features, names, _ = block_pass(model, to_pixels(model, batch, size), layers, reduce)
-        accumulator.update(features)
-    return CKAResult(
-        accumulator.result(), list(names), list(names), report.num_images, list(report.skipped),
-        _options(kernel, unbiased, threshold, tokens, batch_size),
+    return _minibatch_cka(
+        [model], [layers], images, tokens=tokens, kernel=kernel, unbiased=unbiased, threshold=threshold,
+        batch_size=batch_size, size=size, progress=progress,
     )
 
 
 def model_cka_matrix(
-    model_a: AttnLensModel | torch.nn.Module,
-    model_b: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers_a: LayerSelection = None,
-    layers_b: LayerSelection = None,
-    *,
-    tokens: str = "cls",
-    kernel: str = "linear",
-    unbiased: bool = True,
-    threshold: float = 1.0,
-    batch_size: int = 32,
-    size: tuple[int, int] | None = None,
-    progress: bool = True,
+    model_a: AttnLensModel | torch.nn.Module, model_b: AttnLensModel | torch.nn.Module, images: Images,
+    layers_a: LayerSelection = None, layers_b: LayerSelection = None, *,
+    tokens: str = "cls", kernel: str = "linear", unbiased: bool = True, threshold: float = 1.0,
+    batch_size: int = 32, size: tuple[int, int] | None = None, progress: bool = True,
 ) -> CKAResult:
     """Model A layers x model B layers minibatch CKA over a dataset (Raghu et al. 2021, Fig. 1).
 
     Each model preprocesses the images with its own processor (tensors are fed to both as they
     are). Options as in :func:`layer_cka_matrix`. Row names are model A's blocks, columns model B's.
     """
-    _check_batch(batch_size, unbiased)
-    model_a, model_b = as_model(model_a), as_model(model_b)
-    reduce = _token_features(tokens)
-    accumulator = MinibatchCKA(kernel, unbiased, threshold)
-    report = StreamReport()
-    names_a: list[str] = []
-    names_b: list[str] = []
-    batches = iter_image_batches(
-        images, batch_size, report=report, on_error="skip", min_batch=_min_examples(unbiased), progress=progress, desc="CKA"
-    )
-    for batch in batches:
-        features_a, names_a, _ = block_pass(model_a, to_pixels(model_a, batch, size), layers_a, reduce)
-        features_b, names_b, _ = block_pass(model_b, to_pixels(model_b, batch, size), layers_b, reduce)
-        accumulator.update(features_a, features_b)
-    return CKAResult(
-        accumulator.result(), list(names_a), list(names_b), report.num_images, list(report.skipped),
-        _options(kernel, unbiased, threshold, tokens, batch_size),
+    return _minibatch_cka(
+        [model_a, model_b], [layers_a, layers_b], images, tokens=tokens, kernel=kernel, unbiased=unbiased,
+        threshold=threshold, batch_size=batch_size, size=size, progress=progress,
     )

@@ -61,12 +61,20 @@ def _positive(text: str) -> float:
 
 def _common(parser: argparse.ArgumentParser, batch_size: int = 16) -> None:
     parser.add_argument("images", nargs="+", help="image files and/or folders (non-recursive)")
-    parser.add_argument("--model", default=None, help="model folder, hub id or timm:name (default: the embedded default model)")
+    parser.add_argument(
+        "--model", default=None, help="model folder, hub id or timm:name (default: the embedded default model)"
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: {DEFAULT_OUT}/<command>)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="model input size (default: the model's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"images per forward pass (default: {batch_size})"
+    )
+    parser.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="model input size (default: the model's)"
+    )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    parser.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (only for trusted files)")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow loading pickle checkpoints (only for trusted files)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -85,37 +93,65 @@ def add_probe_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
     mad = commands.add_parser("mad", help="mean attention distance per (layer, head) (ViT paper, Raghu et al.)")
     _common(mad)
-    mad.add_argument("--layer", type=_layer, action="append", help="attention layer index or name (repeatable; default: all)")
-    mad.add_argument("--units", choices=("pixels", "grid", "unit"), default="pixels", help="distance unit (default: pixels)")
-    mad.add_argument("--renormalize", action="store_true", help="renormalise patch attention rows after dropping prefix tokens")
+    mad.add_argument(
+        "--layer", type=_layer, action="append", help="attention layer index or name (repeatable; default: all)"
+    )
+    mad.add_argument(
+        "--units", choices=("pixels", "grid", "unit"), default="pixels", help="distance unit (default: pixels)"
+    )
+    mad.add_argument(
+        "--renormalize", action="store_true", help="renormalise patch attention rows after dropping prefix tokens"
+    )
 
     dino = commands.add_parser("dino", help="per-head CLS attention maps and DINO mass-threshold masks")
     _common(dino)
     dino.add_argument("--layer", type=_layer, default=-1, help="attention layer index or name (default: -1, the last)")
-    dino.add_argument("--threshold", type=_fraction, default=0.6, help="fraction of attention mass kept by the masks (default: 0.6)")
+    dino.add_argument(
+        "--threshold", type=_fraction, default=0.6, help="fraction of attention mass kept by the masks (default: 0.6)"
+    )
     dino.add_argument("--max-figures", type=int, default=16, help="figures for at most this many images (default: 16)")
 
     cka = commands.add_parser("cka", help="minibatch CKA: layer x layer of --model, or --model x --model-b")
     _common(cka, batch_size=32)
     cka.add_argument("--model-b", default=None, help="second model: compare --model's blocks with its blocks")
-    cka.add_argument("--layer", type=_layer, action="append", help="block index or name of --model (repeatable; default: all)")
-    cka.add_argument("--layer-b", type=_layer, action="append", help="block index or name of --model-b (repeatable; default: all)")
-    cka.add_argument("--tokens", choices=("cls", "mean", "flatten"), default="cls", help="token treatment (default: cls)")
+    cka.add_argument(
+        "--layer", type=_layer, action="append", help="block index or name of --model (repeatable; default: all)"
+    )
+    cka.add_argument(
+        "--layer-b", type=_layer, action="append", help="block index or name of --model-b (repeatable; default: all)"
+    )
+    cka.add_argument(
+        "--tokens", choices=("cls", "mean", "flatten"), default="cls", help="token treatment (default: cls)"
+    )
     cka.add_argument("--kernel", choices=("linear", "rbf"), default="linear", help="kernel (default: linear)")
-    cka.add_argument("--threshold", type=_positive, default=1.0, help="RBF bandwidth as a multiple of the median distance (default: 1.0)")
-    cka.add_argument("--biased", action="store_true", help="biased HSIC per minibatch (default: unbiased, batch size >= 4)")
+    cka.add_argument(
+        "--threshold", type=_positive, default=1.0,
+        help="RBF bandwidth as a multiple of the median distance (default: 1.0)",
+    )
+    cka.add_argument(
+        "--biased", action="store_true", help="biased HSIC per minibatch (default: unbiased, batch size >= 4)"
+    )
 
     entropy = commands.add_parser("entropy", help="attention entropy and prefix-token (sink) mass per (layer, head)")
     _common(entropy)
-    entropy.add_argument("--layer", type=_layer, action="append", help="attention layer index or name (repeatable; default: all)")
+    entropy.add_argument(
+        "--layer", type=_layer, action="append", help="attention layer index or name (repeatable; default: all)"
+    )
     entropy.add_argument("--normalize", action="store_true", help="divide entropy by log(number of keys)")
-    entropy.add_argument("--queries", choices=("all", "patches", "prefix", "cls"), default="all", help="queries the entropy averages over (default: all)")
+    entropy.add_argument(
+        "--queries", choices=("all", "patches", "prefix", "cls"), default="all",
+        help="queries the entropy averages over (default: all)",
+    )
 
     norms = commands.add_parser("norms", help="residual-stream token norms and high-norm outlier tokens per layer")
     _common(norms)
     norms.add_argument("--layer", type=_layer, action="append", help="block index or name (repeatable; default: all)")
-    norms.add_argument("--threshold", type=_positive, default=None, help="absolute outlier norm threshold (default: use --ratio)")
-    norms.add_argument("--ratio", type=_positive, default=4.0, help="outlier: norm > ratio x median patch norm of the map (default: 4)")
+    norms.add_argument(
+        "--threshold", type=_positive, default=None, help="absolute outlier norm threshold (default: use --ratio)"
+    )
+    norms.add_argument(
+        "--ratio", type=_positive, default=4.0, help="outlier: norm > ratio x median patch norm of the map (default: 4)"
+    )
 
     probe.set_defaults(func=run_probe, handler=run_probe)
     return probe
@@ -219,17 +255,16 @@ def _run_entropy(args: argparse.Namespace, out: Path) -> Outcome:
     rows = entropy.rows()
     for row in rows:
         row["entropy_mean"], row["entropy_std"] = row.pop("mean"), row.pop("std")
-    written = [_save(layer_head_figure(entropy, ylabel=f"attention entropy ({unit})", title="Attention entropy per head"), out / "entropy.png")]
+    figure = layer_head_figure(entropy, ylabel=f"attention entropy ({unit})", title="Attention entropy per head")
+    written = [_save(figure, out / "entropy.png")]
     if has_prefix:
         mass = stats["prefix_attention_mass"]
         for row, mass_row in zip(rows, mass.rows()):
             row["prefix_mass_mean"], row["prefix_mass_std"] = mass_row["mean"], mass_row["std"]
-        written.append(
-            _save(
-                layer_head_figure(mass, ylabel="attention mass on prefix tokens", title="Patch-query attention to prefix tokens (sinks)"),
-                out / "prefix_mass.png",
-            )
+        figure = layer_head_figure(
+            mass, ylabel="attention mass on prefix tokens", title="Patch-query attention to prefix tokens (sinks)"
         )
+        written.append(_save(figure, out / "prefix_mass.png"))
     data = {**_meta(args, model), **{name: value.to_dict() for name, value in stats.items()}}
     written += [_write_json(out / "entropy.json", data), _write_csv(out / "entropy.csv", rows)]
     return written, entropy.num_images, len(entropy.skipped)
@@ -266,7 +301,9 @@ def _run_dino(args: argparse.Namespace, out: Path) -> Outcome:
     layer_name = None
     index = 0
 
-    batches = iter_named_batches(args.images, args.batch_size, report=report, progress=not args.no_progress, desc="DINO")
+    batches = iter_named_batches(
+        args.images, args.batch_size, report=report, progress=not args.no_progress, desc="DINO"
+    )
     for batch in batches:
         pixels = to_pixels(model, [item for _, item in batch], _size(args))
         values, names, _ = attention_pass(model, pixels, args.layer, {"maps": cls_map_reducer})
@@ -283,9 +320,10 @@ def _run_dino(args: argparse.Namespace, out: Path) -> Outcome:
                     "mask_fraction": float(image_masks[head].float().mean()),
                 })
             if index < args.max_figures:
+                shown = Path(name).name if not name.startswith("image #") else name
                 figure = dino_figure(
                     image_maps, _display(model, image_pixels), masks=image_masks,
-                    title=f"{Path(name).name if not name.startswith('image #') else name} — {layer_name}, keep {args.threshold:g}",
+                    title=f"{shown} — {layer_name}, keep {args.threshold:g}",
                 )
                 written.append(_save(figure, out / f"dino_{_stem(name, index)}.png"))
             index += 1
@@ -351,7 +389,9 @@ def _run_norms(args: argparse.Namespace, out: Path) -> Outcome:
     example = token_norms(model, first, _layers(args.layer), size=_size(args))
     maps = example.patch_maps[:, 0]
     outliers = high_norm_tokens(maps, threshold=args.threshold, ratio=args.ratio)
-    figure = norm_maps_figure(maps, example.layer_names, outliers=outliers, title="Token norms (first image); circles: high-norm outliers")
+    figure = norm_maps_figure(
+        maps, example.layer_names, outliers=outliers, title="Token norms (first image); circles: high-norm outliers"
+    )
     written = [
         _save(figure, out / "norms.png"),
         _write_json(out / "norms.json", {**_meta(args, model), **stats.to_dict()}),

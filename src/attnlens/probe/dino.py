@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from attnlens.errors import InputError
-from attnlens.model import AttnLensModel, as_model
-from attnlens.probe._stream import Images, attention_pass, iter_image_batches, to_pixels
+from attnlens.model import AttnLensModel
+from attnlens.probe._stream import Images
+from attnlens.probe.stats import per_image_reduced
 from attnlens.tokens import TokenLayout
 
 __all__ = [
@@ -88,12 +89,10 @@ def cls_attention_maps(
     also attends to the prefix tokens), as in DINO's ``visualize_attention.py``.
     """
     check_single_layer(layer)
-    model = as_model(model)
-    chunks = []
-    for batch in iter_image_batches(images, batch_size, on_error="raise"):
-        values, _, _ = attention_pass(model, to_pixels(model, batch, size), layer, {"maps": cls_map_reducer})
-        chunks.append(values["maps"][0].float().cpu())
-    return select_heads(torch.cat(chunks), heads)
+    values, _ = per_image_reduced(
+        model, images, {"maps": cls_map_reducer}, layer, torch.float32, batch_size=batch_size, size=size
+    )
+    return select_heads(values["maps"][0], heads)
 
 
 def head_mean_map(maps: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel
 from attnlens.probe._stream import AttentionReducer, Images, LayerSelection
-from attnlens.probe.stats import LayerHeadStats, dataset_attention_stats, per_image_attention_stats
+from attnlens.probe.stats import LayerHeadStats, dataset_statistic, per_image_statistic
 from attnlens.tokens import TokenLayout
 
 __all__ = [
@@ -100,15 +100,9 @@ def attention_distance_reducer(units: str = "pixels", renormalize: bool = False)
 
 
 def mean_attention_distance(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    units: str = "pixels",
-    renormalize: bool = False,
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = False,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    units: str = "pixels", renormalize: bool = False,
+    batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = False,
 ) -> torch.Tensor:
     """Mean attention distance per layer, image and head: a ``(layers, batch, heads)`` float64 tensor.
 
@@ -127,28 +121,16 @@ def mean_attention_distance(
 
     Layers follow the model's order (a selection is sorted).
     """
-    values, _ = per_image_attention_stats(
-        model,
-        images,
-        {STATISTIC: attention_distance_reducer(units, renormalize)},
-        layers,
-        batch_size=batch_size,
-        size=size,
-        progress=progress,
+    reducer = attention_distance_reducer(units, renormalize)
+    return per_image_statistic(
+        model, images, layers, STATISTIC, reducer, batch_size=batch_size, size=size, progress=progress
     )
-    return values[STATISTIC]
 
 
 def dataset_mean_attention_distance(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    units: str = "pixels",
-    renormalize: bool = False,
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = True,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    units: str = "pixels", renormalize: bool = False,
+    batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = True,
 ) -> LayerHeadStats:
     """Mean attention distance per (layer, head) averaged over a dataset, streaming in constant memory.
 
@@ -157,14 +139,8 @@ def dataset_mean_attention_distance(
     raised if no image is readable. Returns :class:`LayerHeadStats` (``mean`` and ``std`` over
     images, ``(layers, heads)``). See :func:`mean_attention_distance` for the options.
     """
-    return dataset_attention_stats(
-        model,
-        images,
-        {STATISTIC: attention_distance_reducer(units, renormalize)},
-        layers,
-        batch_size=batch_size,
-        size=size,
-        progress=progress,
-        units={STATISTIC: units},
-        options={STATISTIC: {"units": units, "renormalize": renormalize}},
-    )[STATISTIC]
+    reducer = attention_distance_reducer(units, renormalize)
+    return dataset_statistic(
+        model, images, layers, STATISTIC, reducer, unit=units, options={"units": units, "renormalize": renormalize},
+        batch_size=batch_size, size=size, progress=progress,
+    )

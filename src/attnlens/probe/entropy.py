@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import torch
 
 from attnlens.errors import InputError
-from attnlens.model import AttnLensModel, as_model
-from attnlens.probe._stream import AttentionReducer, Images, LayerSelection, attention_pass, iter_image_batches, to_pixels
-from attnlens.probe.stats import LayerHeadStats, dataset_attention_stats, per_image_attention_stats
+from attnlens.model import AttnLensModel
+from attnlens.probe._stream import AttentionReducer, Images, LayerSelection
+from attnlens.probe.stats import LayerHeadStats, dataset_statistic, per_image_reduced, per_image_statistic
 from attnlens.tokens import PREFIX_ROLES, TokenLayout
 
 __all__ = [
@@ -40,6 +40,9 @@ __all__ = [
 
 QUERIES = ("all", "patches", "prefix", "cls")
 """Which query rows a statistic averages over."""
+
+ENTROPY = "attention_entropy"
+PREFIX_MASS = "prefix_attention_mass"
 
 
 def select_queries(probs: torch.Tensor, layout: TokenLayout, queries: str) -> torch.Tensor:
@@ -119,15 +122,9 @@ def prefix_mass_reducer(roles: Sequence[str] | str | None = None, queries: str =
 
 
 def attention_entropy(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    normalize: bool = False,
-    queries: str = "all",
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = False,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    normalize: bool = False, queries: str = "all",
+    batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = False,
 ) -> torch.Tensor:
     """Attention entropy per layer, image and head: ``(layers, batch, heads)`` float64 (nats).
 
@@ -136,28 +133,16 @@ def attention_entropy(
     ``log(number of keys)`` (1 = uniform attention). Images as in
     :func:`attnlens.probe.mean_attention_distance`.
     """
-    values, _ = per_image_attention_stats(
-        model,
-        images,
-        {"attention_entropy": entropy_reducer(normalize, queries)},
-        layers,
-        batch_size=batch_size,
-        size=size,
-        progress=progress,
+    reducer = entropy_reducer(normalize, queries)
+    return per_image_statistic(
+        model, images, layers, ENTROPY, reducer, batch_size=batch_size, size=size, progress=progress
     )
-    return values["attention_entropy"]
 
 
 def prefix_attention_mass(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    roles: Sequence[str] | str | None = None,
-    queries: str = "patches",
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = False,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    roles: Sequence[str] | str | None = None, queries: str = "patches",
+    batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = False,
 ) -> torch.Tensor:
     """Attention mass on prefix tokens per layer, image and head: ``(layers, batch, heads)`` float64.
 
@@ -165,91 +150,54 @@ def prefix_attention_mass(
     tokens with ``roles`` (default: all of them; e.g. ``"register"`` for DINOv2's registers),
     averaged over those queries. 0 = no sink, 1 = the queries attend only to prefix tokens.
     """
-    values, _ = per_image_attention_stats(
-        model,
-        images,
-        {"prefix_attention_mass": prefix_mass_reducer(roles, queries)},
-        layers,
-        batch_size=batch_size,
-        size=size,
-        progress=progress,
+    reducer = prefix_mass_reducer(roles, queries)
+    return per_image_statistic(
+        model, images, layers, PREFIX_MASS, reducer, batch_size=batch_size, size=size, progress=progress
     )
-    return values["prefix_attention_mass"]
 
 
 def prefix_attention_maps(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    roles: Sequence[str] | str | None = None,
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    roles: Sequence[str] | str | None = None, batch_size: int = 16, size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Per patch query, the attention mass it gives to prefix tokens: ``(layers, batch, heads, h, w)``.
 
     The map version of :func:`prefix_attention_mass` (patch queries), float32.
     """
-    model = as_model(model)
 
     def reduce(probs: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         return layout.to_grid(_prefix_mass(probs, layout, roles, "patches")).float()
 
-    chunks = []
-    for batch in iter_image_batches(images, batch_size, on_error="raise"):
-        values, _, _ = attention_pass(model, to_pixels(model, batch, size), layers, {"maps": reduce})
-        chunks.append(values["maps"].cpu())
-    return torch.cat(chunks, dim=1)
+    values, _ = per_image_reduced(
+        model, images, {"maps": reduce}, layers, torch.float32, batch_size=batch_size, size=size
+    )
+    return values["maps"]
 
 
 def dataset_attention_entropy(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    normalize: bool = False,
-    queries: str = "all",
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = True,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    normalize: bool = False, queries: str = "all",
+    batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = True,
 ) -> LayerHeadStats:
     """Attention entropy per (layer, head) averaged over a dataset, streaming in constant memory.
 
     Unreadable files are skipped with a warning and counted (``result.skipped``).
     """
-    return dataset_attention_stats(
-        model,
-        images,
-        {"attention_entropy": entropy_reducer(normalize, queries)},
-        layers,
-        batch_size=batch_size,
-        size=size,
-        progress=progress,
-        units={"attention_entropy": "fraction of log(keys)" if normalize else "nats"},
-        options={"attention_entropy": {"normalize": normalize, "queries": queries}},
-    )["attention_entropy"]
+    reducer = entropy_reducer(normalize, queries)
+    return dataset_statistic(
+        model, images, layers, ENTROPY, reducer, unit="fraction of log(keys)" if normalize else "nats",
+        options={"normalize": normalize, "queries": queries}, batch_size=batch_size, size=size, progress=progress,
+    )
 
 
 def dataset_prefix_attention_mass(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    roles: Sequence[str] | str | None = None,
-    queries: str = "patches",
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = True,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    roles: Sequence[str] | str | None = None, queries: str = "patches",
+    batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = True,
 ) -> LayerHeadStats:
     """Prefix attention mass per (layer, head) averaged over a dataset, streaming in constant memory."""
-    return dataset_attention_stats(
-        model,
-        images,
-        {"prefix_attention_mass": prefix_mass_reducer(roles, queries)},
-        layers,
-        batch_size=batch_size,
-        size=size,
-        progress=progress,
-        units={"prefix_attention_mass": "fraction"},
-        options={"prefix_attention_mass": {"roles": roles, "queries": queries}},
-    )["prefix_attention_mass"]
+    reducer = prefix_mass_reducer(roles, queries)
+    return dataset_statistic(
+        model, images, layers, PREFIX_MASS, reducer, unit="fraction", options={"roles": roles, "queries": queries},
+        batch_size=batch_size, size=size, progress=progress,
+    )

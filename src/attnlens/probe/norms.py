@@ -20,14 +20,7 @@ import torch
 
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel, as_model
-from attnlens.probe._stream import (
-    Images,
-    LayerSelection,
-    StreamReport,
-    block_pass,
-    iter_image_batches,
-    to_pixels,
-)
+from attnlens.probe._stream import Images, LayerSelection, StreamReport, block_pass, iter_passes
 from attnlens.probe.stats import RunningMoments
 from attnlens.tokens import TokenLayout
 
@@ -74,12 +67,8 @@ class TokenNorms:
 
 
 def token_norms(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    batch_size: int = 16, size: tuple[int, int] | None = None,
 ) -> TokenNorms:
     """L2 norm of every token at the output of the selected blocks (default: all), per image.
 
@@ -90,8 +79,10 @@ def token_norms(
     chunks: list[torch.Tensor] = []
     names: list[str] = []
     layout: TokenLayout | None = None
-    for batch in iter_image_batches(images, batch_size, on_error="raise"):
-        values, names, batch_layout = block_pass(model, to_pixels(model, batch, size), layers, _token_l2)
+    stream = iter_passes(
+        block_pass, model, images, layers, _token_l2, batch_size=batch_size, size=size, on_error="raise"
+    )
+    for values, names, batch_layout in stream:
         if layout is not None and batch_layout != layout:
             raise InputError(
                 f"images give different token layouts ({layout.describe()} vs {batch_layout.describe()}); "
@@ -177,15 +168,9 @@ class NormStats:
 
 
 def dataset_token_norm_stats(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    layers: LayerSelection = None,
-    *,
-    threshold: float | None = None,
-    ratio: float = DEFAULT_RATIO,
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = True,
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection = None, *,
+    threshold: float | None = None, ratio: float = DEFAULT_RATIO,
+    batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = True,
 ) -> NormStats:
     """Per-layer token-norm statistics over a dataset, streaming in constant memory.
 
@@ -201,8 +186,11 @@ def dataset_token_norm_stats(
     total_patches = 0
     names: list[str] = []
     roles: tuple[str, ...] = ()
-    for batch in iter_image_batches(images, batch_size, report=report, on_error="skip", progress=progress, desc="token norms"):
-        values, names, layout = block_pass(model, to_pixels(model, batch, size), layers, _token_l2)
+    stream = iter_passes(
+        block_pass, model, images, layers, _token_l2, batch_size=batch_size, size=size,
+        report=report, on_error="skip", progress=progress, desc="token norms",
+    )
+    for values, names, layout in stream:
         result = TokenNorms(torch.stack(values).cpu(), layout, names)
         maps = result.patch_maps  # (L, B, h, w)
         flat = maps.flatten(1)  # (L, B * patches)

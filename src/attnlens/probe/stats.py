@@ -17,17 +17,17 @@ import torch
 
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel, as_model
-from attnlens.probe._stream import (
-    AttentionReducer,
-    Images,
-    LayerSelection,
-    StreamReport,
-    attention_pass,
-    iter_image_batches,
-    to_pixels,
-)
+from attnlens.probe._stream import AttentionReducer, Images, LayerSelection, StreamReport, attention_pass, iter_passes
 
-__all__ = ["LayerHeadStats", "RunningMoments", "dataset_attention_stats", "per_image_attention_stats"]
+__all__ = [
+    "LayerHeadStats",
+    "RunningMoments",
+    "dataset_attention_stats",
+    "dataset_statistic",
+    "per_image_attention_stats",
+    "per_image_reduced",
+    "per_image_statistic",
+]
 
 
 class RunningMoments:
@@ -129,41 +129,42 @@ class LayerHeadStats:
         ]
 
 
+def per_image_reduced(
+    model: AttnLensModel | torch.nn.Module, images: Images, reducers: dict[str, AttentionReducer],
+    layers: LayerSelection, dtype: torch.dtype, **stream: Any,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The per-image loop: each reducer's ``(layers, B, ...)`` output, batch after batch, moved to the
+    CPU as ``dtype`` and concatenated along the image axis (dim 1); and the layer names.
+
+    ``stream``: ``batch_size``, ``size`` and ``progress`` (see :func:`attnlens.probe._stream.iter_passes`).
+    Every image must be readable (a bad file raises).
+    """
+    model = as_model(model)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in reducers}
+    names: list[str] = []
+    for values, names, _ in iter_passes(attention_pass, model, images, layers, reducers, on_error="raise", **stream):
+        for name, value in values.items():
+            parts[name].append(value.detach().to(device="cpu", dtype=dtype))
+    return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}, names
+
+
 def per_image_attention_stats(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    reducers: dict[str, AttentionReducer],
-    layers: LayerSelection = None,
-    *,
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = False,
+    model: AttnLensModel | torch.nn.Module, images: Images, reducers: dict[str, AttentionReducer],
+    layers: LayerSelection = None, *, batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``{name: (layers, images, heads, ...)}`` float64 per image, aligned with ``images``.
 
     Every image must be readable (a bad file raises): the outputs are aligned with the inputs.
     """
-    model = as_model(model)
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in reducers}
-    names: list[str] = []
-    for batch in iter_image_batches(images, batch_size, on_error="raise", progress=progress):
-        values, names, _ = attention_pass(model, to_pixels(model, batch, size), layers, reducers)
-        for name, value in values.items():
-            parts[name].append(value.detach().to(device="cpu", dtype=torch.float64))
-    return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}, names
+    return per_image_reduced(
+        model, images, reducers, layers, torch.float64, batch_size=batch_size, size=size, progress=progress
+    )
 
 
 def dataset_attention_stats(
-    model: AttnLensModel | torch.nn.Module,
-    images: Images,
-    reducers: dict[str, AttentionReducer],
-    layers: LayerSelection = None,
-    *,
-    batch_size: int = 16,
-    size: tuple[int, int] | None = None,
-    progress: bool = True,
-    units: dict[str, str] | None = None,
-    options: dict[str, dict[str, Any]] | None = None,
+    model: AttnLensModel | torch.nn.Module, images: Images, reducers: dict[str, AttentionReducer],
+    layers: LayerSelection = None, *, batch_size: int = 16, size: tuple[int, int] | None = None, progress: bool = True,
+    units: dict[str, str] | None = None, options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, LayerHeadStats]:
     """Several ``(B, heads)`` attention statistics averaged over a dataset in one streaming pass.
 
@@ -177,11 +178,11 @@ def dataset_attention_stats(
     report = StreamReport()
     moments = {name: RunningMoments() for name in reducers}
     names: list[str] = []
-    batches = iter_image_batches(
-        images, batch_size, report=report, on_error="skip", progress=progress, desc=", ".join(reducers)
+    passes = iter_passes(
+        attention_pass, model, images, layers, reducers, batch_size=batch_size, size=size,
+        report=report, on_error="skip", progress=progress, desc=", ".join(reducers),
     )
-    for batch in batches:
-        values, names, _ = attention_pass(model, to_pixels(model, batch, size), layers, reducers)
+    for values, names, _ in passes:
         for name, value in values.items():
             moments[name].update(value, dim=1)
     units = units or {}
@@ -199,3 +200,34 @@ def dataset_attention_stats(
         )
         for name, moment in moments.items()
     }
+
+
+# ------------------------------------------------------------------------------ one statistic
+def per_image_statistic(
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection, name: str,
+    reducer: AttentionReducer, **stream: Any,
+) -> torch.Tensor:
+    """One statistic per image from one reducer: ``(layers, images, heads)`` float64.
+
+    The shared body of the per-image probes (:func:`attnlens.probe.mean_attention_distance`,
+    :func:`attnlens.probe.attention_entropy`, ...): :func:`per_image_attention_stats` with the
+    single reducer ``{name: reducer}``; ``stream``: ``batch_size``, ``size``, ``progress``.
+    """
+    values, _ = per_image_attention_stats(model, images, {name: reducer}, layers, **stream)
+    return values[name]
+
+
+def dataset_statistic(
+    model: AttnLensModel | torch.nn.Module, images: Images, layers: LayerSelection, name: str,
+    reducer: AttentionReducer, *, unit: str | None = None, options: dict[str, Any] | None = None, **stream: Any,
+) -> LayerHeadStats:
+    """One statistic from one reducer, averaged over a dataset: its :class:`LayerHeadStats`.
+
+    The shared body of the ``dataset_*`` probes (:func:`attnlens.probe.dataset_mean_attention_distance`,
+    ...): :func:`dataset_attention_stats` with the single reducer ``{name: reducer}``, its ``unit``
+    and ``options``; ``stream``: ``batch_size``, ``size``, ``progress``.
+    """
+    stats = dataset_attention_stats(
+        model, images, {name: reducer}, layers, units={name: unit}, options={name: options or {}}, **stream
+    )
+    return stats[name]
