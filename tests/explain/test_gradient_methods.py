@@ -14,7 +14,6 @@ import torch
 import attnlens
 from attnlens.explain import Explanation, explain
 from attnlens.explain.attention_gradcam import attention_gradcam
-from attnlens.explain.base import min_max
 from attnlens.explain.generic import generic_relevance
 from attnlens.errors import InputError
 
