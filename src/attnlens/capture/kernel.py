@@ -60,6 +60,9 @@ def eager_attention(
         key = key.repeat_interleave(repeats, dim=-3)
         value = value.repeat_interleave(repeats, dim=-3)
     scores = attention_scores(query, key, attn_mask, is_causal, scale)
-    probabilities = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    # Half precision is accumulated in float32 (as Hugging Face's eager attention does); float32
+    # and float64 keep their own precision.
+    accumulate = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    probabilities = torch.softmax(scores.to(accumulate), dim=-1).to(query.dtype)
     weights = F.dropout(probabilities, p=dropout_p) if dropout_p > 0.0 else probabilities
     return torch.matmul(weights, value), probabilities

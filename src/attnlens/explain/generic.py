@@ -24,6 +24,7 @@ import torch
 
 from attnlens.errors import InputError
 from attnlens.explain.base import ExplainContext, Method, register_method
+from attnlens.explain.rollout import residual_rollout
 
 
 def generic_relevance(
@@ -49,16 +50,12 @@ def generic_relevance(
     if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not -count <= start_layer < count:
         raise InputError(f"start_layer={start_layer!r} is out of range for {count} layers (valid: {-count}..{count - 1})")
     start = start_layer % count
+    for attention, gradient in zip(attentions[start:], gradients[start:]):
+        if attention.shape != gradient.shape:
+            raise InputError(f"attention {tuple(attention.shape)} and gradient {tuple(gradient.shape)} differ in shape")
     with torch.no_grad():
-        first = attentions[start]
-        rows, _, tokens, _ = first.shape
-        relevance = torch.eye(tokens, dtype=first.dtype, device=first.device).expand(rows, tokens, tokens).clone()
-        for attention, gradient in zip(attentions[start:], gradients[start:]):
-            if attention.shape != gradient.shape:
-                raise InputError(f"attention {tuple(attention.shape)} and gradient {tuple(gradient.shape)} differ in shape")
-            weighted = (gradient * attention).clamp_(min=0).mean(dim=1)
-            relevance = relevance + torch.bmm(weighted, relevance)
-    return relevance
+        weighted = [(g * a).clamp(min=0).mean(dim=1) for a, g in zip(attentions[start:], gradients[start:])]
+        return residual_rollout(weighted)
 
 
 @register_method

@@ -10,6 +10,7 @@ over the patch columns. Class-independent. ``start_layer`` (default 0) may be ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,16 +18,26 @@ import torch
 from attnlens.explain.base import ExplainContext, Method, register_method
 
 
-def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
+def residual_rollout(matrices: Sequence[torch.Tensor], normalize_rows: bool = False) -> torch.Tensor:
+    """``(M_last + I) ... (M_first + I)`` of ``(N, T, T)`` matrices, first layer first.
+
+    The later layer multiplies from the left (the reference's ``compute_rollout_attention``). With
+    ``normalize_rows`` every factor ``M + I`` is divided by its row sums first (attention rollout).
+    Shared by ``rollout``, ``generic`` (``R <- R + M R`` is ``R <- (M + I) R``) and the LRP rollouts.
+    """
+    eye = torch.eye(matrices[0].shape[-1], dtype=matrices[0].dtype, device=matrices[0].device)
+    joint = None
+    for matrix in matrices:
+        step = matrix + eye
+        if normalize_rows:
+            step = step / step.sum(dim=-1, keepdim=True)
+        joint = step if joint is None else torch.bmm(step, joint)
+    return joint
+
+
+def rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
     """Roll out ``(B, H, T, T)`` attentions (first layer first) -> ``(B, T, T)``."""
-    result = None
-    for attention in attentions:
-        mean = attention.mean(dim=1)
-        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
-        step = mean + eye
-        step = step / step.sum(dim=-1, keepdim=True)
-        result = step if result is None else torch.bmm(step, result)
-    return result
+    return residual_rollout([attention.mean(dim=1) for attention in attentions], normalize_rows=True)
 
 
 @register_method

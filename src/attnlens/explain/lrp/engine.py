@@ -985,18 +985,6 @@ def pixel_relprop(spec: Spec, record: Record, relevance: torch.Tensor, pixels: t
     return pixel_relevance.sum(dim=1)
 
 
-def relevance_rollout(matrices: list[torch.Tensor]) -> torch.Tensor:
-    """``(M_last + I) ... (M_first + I)`` of ``(N, T, T)`` matrices (first layer first), no row normalisation.
-
-    As the reference's ``compute_rollout_attention``: the later layer multiplies from the left.
-    """
-    eye = torch.eye(matrices[0].shape[-1], dtype=matrices[0].dtype, device=matrices[0].device)
-    joint = matrices[0] + eye
-    for matrix in matrices[1:]:
-        joint = torch.bmm(matrix + eye, joint)
-    return joint
-
-
 def prepare(context, *, keep_from: int | None, grad_from: int | None = None) -> tuple[Spec, Record, Seeds]:
     """Spec, functional forward and seeds for a method call (targets resolved on ``context``)."""
     spec = build_spec(context.model, context.pixels, context.layout)

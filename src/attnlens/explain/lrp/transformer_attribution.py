@@ -32,6 +32,7 @@ import torch
 
 from attnlens.explain.base import ExplainContext, Method, register_method
 from attnlens.explain.lrp import engine
+from attnlens.explain.rollout import residual_rollout
 
 
 def _attention_relevance(context: ExplainContext, start: int, with_gradient: bool) -> torch.Tensor:
@@ -46,7 +47,7 @@ def _attention_relevance(context: ExplainContext, start: int, with_gradient: boo
 
     engine.chefer_relprop(spec, record, seeds, down_to=start, on_attention=collect)
     del record
-    return context.readout(engine.relevance_rollout([maps[index] for index in layers]))
+    return context.readout(residual_rollout([maps[index] for index in layers]))
 
 
 @register_method
