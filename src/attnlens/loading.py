@@ -154,14 +154,26 @@ def _load_tokenizer(source: str, config, hub_kwargs: dict[str, Any]):
 
 def default_processor(module: nn.Module):
     """A processor for models that ship none: resize to the model's size, normalise with 0.5/0.5."""
-    import transformers
-
     from attnlens.adapters import find_family
 
     family = find_family(module)
     height, width = family.image_size(module)
-    return transformers.ViTImageProcessor(
-        size={"height": height, "width": width}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    return resize_normalize_processor((height, width), mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def resize_normalize_processor(size: tuple[int, int], mean, std, resample: int = 2):
+    """A plain processor: resize to ``size`` (H, W), rescale to [0, 1], normalise per channel.
+
+    Uses transformers' PIL backend (no torchvision needed) where the installed version has it.
+    """
+    import transformers
+
+    cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    return cls(
+        size={"height": int(size[0]), "width": int(size[1])},
+        image_mean=list(mean),
+        image_std=list(std),
+        resample=resample,
     )
 
 
@@ -178,13 +190,10 @@ def _load_timm(name: str, allow_pickle: bool, options: dict[str, Any]) -> AttnLe
         raise ModelLoadError(f"timm:{name}: cannot create model ({error})") from None
     module.eval()
     data_config = timm.data.resolve_data_config({}, model=module)
-    import transformers
-
-    height, width = data_config["input_size"][1:]
-    processor = transformers.ViTImageProcessor(
-        size={"height": height, "width": width},
-        image_mean=list(data_config["mean"]),
-        image_std=list(data_config["std"]),
+    processor = resize_normalize_processor(
+        tuple(data_config["input_size"][1:]),
+        mean=data_config["mean"],
+        std=data_config["std"],
         resample=3 if data_config.get("interpolation") == "bicubic" else 2,
     )
     return AttnLensModel(module, processor, source=f"timm:{name}")

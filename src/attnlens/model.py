@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlens.adapters import Family, attention_layers, find_family
+from attnlens.adapters import Family, attention_layers, find_family, get_submodule
 from attnlens.capture import AttentionCapture, capture_attention
 from attnlens.errors import InputError, UnsupportedModelError
 from attnlens.images import ImageLike, load_images
@@ -151,10 +151,11 @@ class AttnLensModel:
 
     def __call__(self, pixels: torch.Tensor, **kwargs: Any) -> Any:
         """Run the underlying module on a pixel tensor (interpolating positions if needed)."""
+        module = get_submodule(self.module, self.family.image_module) if self.family.image_module else self.module
         argument = self.family.pixel_argument
         if argument is None:
-            return self.module(pixels, **self.forward_kwargs(pixels), **kwargs)
-        return self.module(**{argument: pixels}, **self.forward_kwargs(pixels), **kwargs)
+            return module(pixels, **self.forward_kwargs(pixels), **kwargs)
+        return module(**{argument: pixels}, **self.forward_kwargs(pixels), **kwargs)
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, num_classes)`` class logits of a classifier."""

@@ -17,34 +17,9 @@ from attnlens.explain.attention_gradcam import attention_gradcam
 from attnlens.explain.generic import generic_relevance
 from attnlens.errors import InputError
 
-from conftest import VIT_CASE_A
+from vit_goldens import NAMES, golden, golden_targets, model, pixels  # noqa: F401 (fixtures)
 
-NAMES = ("img0", "img1", "img2", "shapes")
 RTOL = 1e-4  # of max|golden|
-
-
-@pytest.fixture(scope="module")
-def golden() -> dict[str, np.ndarray]:
-    with np.load(VIT_CASE_A / "reference_outputs.npz") as data:
-        return {key: data[key] for key in data.files}
-
-
-@pytest.fixture(scope="module")
-def model() -> attnlens.AttnLensModel:
-    return attnlens.load(str(VIT_CASE_A / "hf_model"))
-
-
-@pytest.fixture(scope="module")
-def pixels() -> torch.Tensor:
-    images = np.load(VIT_CASE_A / "inputs" / "inputs.npy")
-    shapes = np.load(VIT_CASE_A / "inputs" / "shapes.npy")[None]
-    return torch.from_numpy(np.concatenate([images, shapes]))
-
-
-def _targets(golden: dict[str, np.ndarray], which: str) -> list[int] | None:
-    if which == "pred":
-        return None
-    return [int(golden[f"{name}__other_index"]) for name in NAMES]
 
 
 _cache: dict[tuple, Explanation] = {}
@@ -53,7 +28,7 @@ _cache: dict[tuple, Explanation] = {}
 def _explain(model, pixels, golden, method: str, which: str, **options):
     key = (method, which, tuple(sorted(options.items())))
     if key not in _cache:
-        _cache[key] = explain(model, pixels, method=method, target=_targets(golden, which), **options)
+        _cache[key] = explain(model, pixels, method=method, target=golden_targets(golden, which), **options)
     return _cache[key]
 
 

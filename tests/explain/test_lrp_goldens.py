@@ -18,38 +18,9 @@ import torch
 import attnlens
 from attnlens.explain import explain
 
-from conftest import VIT_CASE_A
+from vit_goldens import NAMES, golden, golden64, golden_targets, model, pixels  # noqa: F401 (fixtures)
 
-NAMES = ("img0", "img1", "img2", "shapes")
 RTOL = 1e-3  # of max|golden|, the README's tolerance for the LRP-based methods
-
-
-@pytest.fixture(scope="module")
-def golden() -> dict[str, np.ndarray]:
-    with np.load(VIT_CASE_A / "reference_outputs.npz") as data:
-        return {key: data[key] for key in data.files}
-
-
-@pytest.fixture(scope="module")
-def golden64() -> dict[str, np.ndarray]:
-    with np.load(VIT_CASE_A / "reference_outputs_float64.npz") as data:
-        return {key: data[key] for key in data.files}
-
-
-@pytest.fixture(scope="module")
-def model() -> attnlens.AttnLensModel:
-    return attnlens.load(str(VIT_CASE_A / "hf_model"))
-
-
-@pytest.fixture(scope="module")
-def pixels() -> torch.Tensor:
-    images = np.load(VIT_CASE_A / "inputs" / "inputs.npy")
-    shapes = np.load(VIT_CASE_A / "inputs" / "shapes.npy")[None]
-    return torch.from_numpy(np.concatenate([images, shapes]))
-
-
-def _targets(golden: dict[str, np.ndarray], which: str) -> list[int] | None:
-    return None if which == "pred" else [int(golden[f"{name}__other_index"]) for name in NAMES]
 
 
 def _relative_error(got: torch.Tensor, expected: np.ndarray) -> float:
@@ -77,7 +48,7 @@ CASES = [
 
 @pytest.mark.parametrize(("method", "options", "key", "which"), CASES, ids=[f"{c[2]}-{c[3]}" for c in CASES])
 def test_attention_relevance_goldens(model, pixels, golden, method, options, key, which) -> None:
-    explanation = explain(model, pixels, method=method, target=_targets(golden, which), **options)
+    explanation = explain(model, pixels, method=method, target=golden_targets(golden, which), **options)
     assert explanation.relevance.shape == (4, 14, 14)
     for row, name in enumerate(NAMES):
         assert int(explanation.targets[row]) == int(golden[f"{name}__{which}_index"])
@@ -93,7 +64,7 @@ def _correlation(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("which", ["pred", "other"])
 def test_full_lrp_float32(model, pixels, golden, golden64, which) -> None:
-    explanation = explain(model, pixels, method="lrp", target=_targets(golden, which))
+    explanation = explain(model, pixels, method="lrp", target=golden_targets(golden, which))
     pixel_relevance = explanation.extras["pixel_relevance"]
     assert pixel_relevance.shape == (4, 224, 224)
     # the patch map is the pixel map summed over each 16x16 patch
@@ -111,7 +82,7 @@ def test_full_lrp_float32(model, pixels, golden, golden64, which) -> None:
 def test_full_lrp_float64_matches_float64_golden(model, pixels, golden64) -> None:
     double = attnlens.as_model(copy.deepcopy(model.module).double())
     for which in ("pred", "other"):
-        explanation = explain(double, pixels.double(), method="lrp", target=_targets(golden64, which))
+        explanation = explain(double, pixels.double(), method="lrp", target=golden_targets(golden64, which))
         pixel_relevance = explanation.extras["pixel_relevance"]
         assert pixel_relevance.dtype == torch.float64
         for row, name in enumerate(NAMES):

@@ -134,6 +134,8 @@ class Family:
             interpolation for other input sizes (``None`` if the model always interpolates).
         windowed: attention is windowed/hierarchical (Swin): global methods do not apply.
         pixel_argument: keyword of the forward's image input (``None``: first positional).
+        image_module: path of the submodule that takes the pixels (``None``: the model itself;
+            ``"vision_model"`` for CLIP, whose full forward also needs text).
     """
 
     name: str
@@ -146,6 +148,7 @@ class Family:
     interpolate_kwarg: str | None = "interpolate_pos_encoding"
     windowed: bool = False
     pixel_argument: str | None = "pixel_values"
+    image_module: str | None = None
 
     def encoder(self, name: str | None = None) -> Encoder:
         """The encoder called ``name`` (default: the vision encoder, else the first)."""

@@ -253,6 +253,7 @@ register_family(
         patch_size=_patch,
         image_size=_image,
         head=Head("none"),
+        image_module="vision_model",
     )
 )
 register_family(
