@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel, ViTForImageClassification, ViTModel
+from transformers import CLIPModel, ViTForImageClassification, ViTModel
 
 import attnlens
 from attnlens.errors import InputError, ModelLoadError, UnsafeCheckpointError

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import attnlens
 from attnlens.explain import Explanation, explain
 from attnlens.explain.attention_gradcam import attention_gradcam
 from attnlens.explain.generic import generic_relevance

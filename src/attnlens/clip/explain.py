@@ -38,6 +38,7 @@ from attnlens.capture import capture_attention
 from attnlens.clip.text import TokenizedTexts, tokenize_texts
 from attnlens.errors import InputError, UnsupportedModelError
 from attnlens.explain.base import min_max
+from attnlens.viz.overlay import upsample_maps
 from attnlens.explain.generic import generic_relevance
 from attnlens.images import ImageLike
 from attnlens.model import AttnLensModel, as_model
@@ -101,8 +102,7 @@ class ClipExplanation:
 
     def pixel_map(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """``(P, H, W)`` image relevance upsampled bilinearly (``align_corners=False``)."""
-        size = tuple(size or self.input_size)
-        return F.interpolate(self.image_relevance[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        return upsample_maps(self.image_relevance, size or self.input_size)
 
     def normalized(self) -> torch.Tensor:
         """``(P, h, w)`` per-pair min-max normalised image relevance (constant maps -> 0)."""
@@ -119,9 +119,9 @@ class ClipExplanation:
 
         ``images``: the input images of the call (paths, PIL images or arrays), in the same order.
         """
-        from attnlens.viz.text import clip_overlays
+        from attnlens.viz.overlay import overlay_maps
 
-        return clip_overlays(images, self.normalized(), self.image_index, alpha=alpha, colormap=colormap)
+        return overlay_maps(images, self.normalized(), self.image_index, alpha=alpha, colormap=colormap)
 
     def text_heatmap_html(self, pair: int, **kwargs: Any) -> str:
         """An HTML snippet showing ``pair``'s text coloured by token relevance."""
@@ -167,10 +167,10 @@ class ImageSimilarityExplanation:
 
     def overlay(self, images_a, images_b, *, alpha: float = 0.5, colormap: str = "jet"):
         """Per pair, the two overlays ``(overlay_a, overlay_b)``."""
-        from attnlens.viz.text import clip_overlays
+        from attnlens.viz.overlay import overlay_maps
 
-        first = clip_overlays(images_a, min_max(self.relevance_a), self.index_a, alpha=alpha, colormap=colormap)
-        second = clip_overlays(images_b, min_max(self.relevance_b), self.index_b, alpha=alpha, colormap=colormap)
+        first = overlay_maps(images_a, min_max(self.relevance_a), self.index_a, alpha=alpha, colormap=colormap)
+        second = overlay_maps(images_b, min_max(self.relevance_b), self.index_b, alpha=alpha, colormap=colormap)
         return list(zip(first, second))
 
 

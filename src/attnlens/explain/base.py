@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from attnlens.capture import capture_attention
 from attnlens.errors import InputError, UnsupportedModelError
@@ -61,8 +60,9 @@ class Explanation:
 
     def pixel_map(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """``(N, H, W)`` relevance upsampled bilinearly (``align_corners=False``) to the input size."""
-        size = tuple(size or self.input_size)
-        return F.interpolate(self.relevance[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        from attnlens.viz.overlay import upsample_maps
+
+        return upsample_maps(self.relevance, size or self.input_size)
 
     def normalized(self) -> torch.Tensor:
         """``(N, h, w)`` per-row min-max normalised relevance in ``[0, 1]``.
@@ -96,9 +96,9 @@ class Explanation:
         ``images`` are the B input images (paths, PIL images or arrays) this explanation was
         computed on.
         """
-        from attnlens.viz.overlay import overlay_heatmaps
+        from attnlens.viz.overlay import overlay_maps
 
-        return overlay_heatmaps(images, self, alpha=alpha, colormap=colormap)
+        return overlay_maps(images, self.normalized(), self.image_index, alpha=alpha, colormap=colormap)
 
 
 def min_max(maps: torch.Tensor) -> torch.Tensor:

@@ -28,14 +28,19 @@ def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: str
     return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
 
 
-def overlay_heatmaps(images, explanation, alpha: float = 0.5, colormap: str = "jet") -> list[Image.Image]:
-    """One overlay per explanation row, on the image the row explains (normalised per row)."""
+def overlay_maps(
+    images, maps: torch.Tensor, image_index: torch.Tensor, alpha: float = 0.5, colormap: str = "jet"
+) -> list[Image.Image]:
+    """Blend ``maps (N, h, w)`` (values in ``[0, 1]``) over their images: row ``n`` over image
+    ``image_index[n]`` of ``images`` (paths, PIL images or arrays)."""
     arrays = load_images(images)
-    needed = int(explanation.image_index.max()) + 1 if len(explanation) else 0
+    needed = int(image_index.max()) + 1 if len(image_index) else 0
     if len(arrays) < needed:
         raise InputError(f"the explanation covers {needed} images but {len(arrays)} were given to overlay()")
-    maps = explanation.normalized().cpu().numpy()
-    return [
-        blend(arrays[int(index)], heat, alpha, colormap)
-        for index, heat in zip(explanation.image_index.tolist(), maps)
-    ]
+    heat = maps.detach().float().cpu().numpy()
+    return [blend(arrays[int(index)], heat[row], alpha, colormap) for row, index in enumerate(image_index.tolist())]
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, h, w)`` -> ``(N, H, W)`` bilinear upsampling (``align_corners=False``), as float."""
+    return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

@@ -18,15 +18,11 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from PIL import Image
 
 from attnlens.errors import InputError
-from attnlens.images import load_images
 from attnlens.viz.io import save_figure, write_text_atomic
-from attnlens.viz.overlay import blend
 
 __all__ = [
-    "clip_overlays",
     "save_text_heatmap_html",
     "save_text_heatmap_png",
     "text_heatmap_figure",
@@ -169,13 +165,3 @@ def save_text_heatmap_html(path: str | os.PathLike, tokens: Sequence[str], relev
 def save_text_heatmap_png(path: str | os.PathLike, tokens: Sequence[str], relevance, *, dpi: int = 120, **kwargs) -> Path:
     """Write the text heat map figure as PNG (atomically)."""
     return save_figure(text_heatmap_figure(tokens, relevance, **kwargs), path, dpi=dpi)
-
-
-def clip_overlays(images, maps: torch.Tensor, image_index: torch.Tensor, *, alpha: float = 0.5, colormap: str = "jet") -> list[Image.Image]:
-    """Blend ``maps (P, h, w)`` (in ``[0, 1]``) over the image of each pair."""
-    arrays = load_images(images)
-    needed = int(image_index.max()) + 1 if len(image_index) else 0
-    if len(arrays) < needed:
-        raise InputError(f"the explanation covers {needed} images but {len(arrays)} were given to overlay()")
-    heat = maps.detach().float().cpu().numpy()
-    return [blend(arrays[int(index)], heat[row], alpha, colormap) for row, index in enumerate(image_index.tolist())]
