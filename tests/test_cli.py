@@ -91,3 +91,14 @@ def test_methods_and_info(tiny_vit_dir, capsys) -> None:
     assert "rollout" in listing and "attention" in listing
     assert main(["info", "--model", str(tiny_vit_dir)]) == 0
     assert "4x4 patches" in capsys.readouterr().out
+
+
+def test_a_model_without_attention_layers(tmp_path, images, capsys) -> None:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    folder = tmp_path / "resnet"
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1])).save_pretrained(folder)
+    code = main(["explain", str(images[0]), "--model", str(folder), "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err
+    assert code == 2 and "has no attention layers" in error and error.count("\n") == 1
+    assert not (tmp_path / "o").exists()

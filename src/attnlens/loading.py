@@ -154,9 +154,9 @@ def _load_tokenizer(source: str, config, hub_kwargs: dict[str, Any]):
 
 def default_processor(module: nn.Module):
     """A processor for models that ship none: resize to the model's size, normalise with 0.5/0.5."""
-    from attnlens.adapters import find_family
+    from attnlens.model import family_of
 
-    family = find_family(module)
+    family = family_of(module)
     height, width = family.image_size(module)
     return resize_normalize_processor((height, width), mean=(0.5,) * 3, std=(0.5,) * 3)
 

@@ -13,11 +13,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlens.adapters import Family, attention_layers, find_family, get_submodule
+from attnlens.adapters import Family, attention_layers, discover_attention_layers, find_family, get_submodule
 from attnlens.capture import AttentionCapture, capture_attention
-from attnlens.errors import InputError, UnsupportedModelError
+from attnlens.errors import AttentionNotFoundError, InputError, UnsupportedModelError
 from attnlens.images import ImageLike, load_images
 from attnlens.tokens import TokenLayout, grid_for_input
+
+
+def family_of(module: nn.Module) -> Family:
+    """The adapter of ``module``; a model without any attention layer gets its own clear error."""
+    try:
+        return find_family(module)
+    except UnsupportedModelError:
+        if not discover_attention_layers(module):
+            raise AttentionNotFoundError(
+                f"{type(module).__name__} has no attention layers (it is not a transformer); attnlens "
+                "explains and probes attention models such as ViT, DeiT, BEiT, DINOv2 and CLIP"
+            ) from None
+        raise
 
 
 class AttnLensModel:
@@ -44,7 +57,7 @@ class AttnLensModel:
         if not isinstance(module, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
         self.module = module
-        self.family: Family = find_family(module)
+        self.family: Family = family_of(module)
         self.processor = processor
         self.tokenizer = tokenizer
         config = getattr(module, "config", None)
