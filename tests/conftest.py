@@ -11,6 +11,7 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 DATA = Path(__file__).parent / "data"
 VIT_CASE_A = DATA / "goldens" / "vit" / "case_a"

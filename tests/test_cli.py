@@ -98,6 +98,7 @@ def test_a_model_without_attention_layers(tmp_path, images, capsys) -> None:
 
     folder = tmp_path / "resnet"
     ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1])).save_pretrained(folder)
+    capsys.readouterr()
     code = main(["explain", str(images[0]), "--model", str(folder), "--out", str(tmp_path / "o")])
     error = capsys.readouterr().err
     assert code == 2 and "has no attention layers" in error and error.count("\n") == 1
