@@ -15,7 +15,7 @@ from torch import nn
 
 from attnlens.adapters import Family, attention_layers, discover_attention_layers, find_family, get_submodule
 from attnlens.capture import AttentionCapture, capture_attention
-from attnlens.errors import AttentionNotFoundError, InputError, UnsupportedModelError
+from attnlens.errors import InputError, UnsupportedModelError
 from attnlens.images import ImageLike, load_images
 from attnlens.tokens import TokenLayout, grid_for_input
 
@@ -26,7 +26,7 @@ def family_of(module: nn.Module) -> Family:
         return find_family(module)
     except UnsupportedModelError:
         if not discover_attention_layers(module):
-            raise AttentionNotFoundError(
+            raise UnsupportedModelError(
                 f"{type(module).__name__} has no attention layers (it is not a transformer); attnlens "
                 "explains and probes attention models such as ViT, DeiT, BEiT, DINOv2 and CLIP"
             ) from None
