@@ -68,6 +68,20 @@ def test_multihead_attention_parity(need_weights: bool, batch_first: bool, grad:
     _assert_clean(attention, 0)
 
 
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_gradients_reach_the_record(need_weights: bool) -> None:
+    """With weights, MHA's softmax output is (B*H, Q, K): the record must be on the output's path."""
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    tokens = torch.randn(3, 7, 16)
+    with attnlens.capture_attention(attention) as capture:
+        out = attention(tokens[:, :1], tokens, tokens, need_weights=need_weights)[0]
+        out.sum().backward()
+    grad = capture.gradients[0]
+    assert grad.shape == (3, 4, 1, 7) and float(grad.abs().sum()) > 0
+    _assert_clean(attention, 0)
+
+
 def test_multihead_attention_inside_a_model_with_mask() -> None:
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()

@@ -148,7 +148,7 @@ def _load_tokenizer(source: str, config, hub_kwargs: dict[str, Any]):
 
     try:
         return transformers.AutoTokenizer.from_pretrained(source, **hub_kwargs)
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, ImportError):  # ImportError: e.g. no sentencepiece
         return None
 
 

@@ -49,6 +49,9 @@ class BlockParts:
     layer_scale2: str | None = None
 
 
+READOUTS = ("cls", "eos", "last", "attention_pool")
+
+
 @dataclass(frozen=True)
 class Encoder:
     """One transformer encoder (tower) of a model.
@@ -69,6 +72,19 @@ class Encoder:
         attention_bias: ``(model, block_index, layout, interpolate) -> (1, H, T, T) or None``, the
             additive attention-score bias of a block (BEiT's relative position bias), for methods
             that recompute attention from the block's parts.
+        readout: where the tower's pooled output is read from (used by the two-tower
+            explanations, :mod:`attnlens.clip`): ``"cls"`` the class token (CLIP vision), ``"eos"``
+            the first end-of-text token (CLIP text), ``"last"`` the last position of the padded
+            sequence (SigLIP text), ``"attention_pool"`` an attention-pooling head whose learned
+            probe query attends over all final tokens (SigLIP vision; see ``pool_attention``).
+        pool_attention: path of the attention module of the attention-pooling head (an
+            ``nn.MultiheadAttention`` with one query), for ``readout="attention_pool"``.
+        text_prefix_tokens: text towers: number of special tokens before the text (CLIP's
+            start-of-text: 1; SigLIP: 0).
+        pad_to_context: text towers: pad every text to the context length (SigLIP was trained so
+            and pools the last, padding, position) instead of to the longest text of the batch.
+        attention_mask: text towers: pass the tokenizer's attention mask to the model (SigLIP:
+            ``False``, its padding is attended as in training and in the reference pipeline).
     """
 
     name: str
@@ -81,6 +97,17 @@ class Encoder:
     causal: bool = False
     position_embedding: str | None = None
     attention_bias: Callable | None = None
+    readout: str = "cls"
+    pool_attention: str | None = None
+    text_prefix_tokens: int = 1
+    pad_to_context: bool = False
+    attention_mask: bool = True
+
+    def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"unknown readout {self.readout!r}; valid: {READOUTS}")
+        if (self.readout == "attention_pool") != (self.pool_attention is not None):
+            raise ValueError("readout='attention_pool' needs pool_attention (and only it uses one)")
 
     def block_modules(self, model: nn.Module) -> list[nn.Module]:
         return list(get_submodule(model, self.blocks))
@@ -136,6 +163,9 @@ class Family:
         pixel_argument: keyword of the forward's image input (``None``: first positional).
         image_module: path of the submodule that takes the pixels (``None``: the model itself;
             ``"vision_model"`` for CLIP, whose full forward also needs text).
+        logit_scale, logit_bias: two-tower (image-text) models: attribute paths of the
+            parameters of the similarity logit ``exp(logit_scale) * cos + logit_bias`` (CLIP has no
+            bias; SigLIP, trained with a sigmoid loss, has one).
     """
 
     name: str
@@ -149,6 +179,8 @@ class Family:
     windowed: bool = False
     pixel_argument: str | None = "pixel_values"
     image_module: str | None = None
+    logit_scale: str | None = "logit_scale"
+    logit_bias: str | None = None
 
     def encoder(self, name: str | None = None) -> Encoder:
         """The encoder called ``name`` (default: the vision encoder, else the first)."""

@@ -1,5 +1,5 @@
 """Adapters for Hugging Face ``transformers`` vision models: ViT, DeiT, BEiT, DINOv2 (with and
-without registers) and CLIP (vision and text towers)."""
+without registers), CLIP and SigLIP (vision and text towers)."""
 
 from __future__ import annotations
 
@@ -243,6 +243,7 @@ CLIP_TEXT = Encoder(
     embeddings="text_model.embeddings",
     final_norm="text_model.final_layer_norm",
     causal=True,
+    readout="eos",
 )
 register_family(
     Family(
@@ -275,6 +276,39 @@ register_family(
         prefix_roles=_cls_only,
         patch_size=_patch,
         image_size=_image,
+    )
+)
+
+# --- SigLIP ------------------------------------------------------------------------------
+def _no_prefix(model: nn.Module) -> tuple[str, ...]:
+    return ()
+
+
+SIGLIP_VISION = replace(
+    _clip_vision_encoder("vision_model."),
+    pre_norm=None,
+    readout="attention_pool",
+    pool_attention="vision_model.head.attention",
+)
+SIGLIP_TEXT = replace(
+    CLIP_TEXT,
+    causal=False,
+    readout="last",
+    text_prefix_tokens=0,
+    pad_to_context=True,
+    attention_mask=False,
+)
+register_family(
+    Family(
+        name="hf-siglip",
+        matches=_is("siglip", "SiglipModel"),
+        encoders=(SIGLIP_VISION, SIGLIP_TEXT),
+        prefix_roles=_no_prefix,
+        patch_size=_patch,
+        image_size=_image,
+        head=Head("none"),
+        image_module="vision_model",
+        logit_bias="logit_bias",
     )
 )
 

@@ -107,13 +107,39 @@ def _record_softmax(input: torch.Tensor, output: torch.Tensor, dim: int | None) 
     scope.capture._record(scope, output)
 
 
+def _headed_softmax(original: Callable, input: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Softmax of a ``(B*H, Q, K)`` score tensor (``nn.MultiheadAttention`` with weights) computed as
+    ``(B, H, Q, K)`` and recorded so, the result returned as a view of the recorded tensor.
+
+    Recording a reshaped *copy-view* of the softmax output instead would leave it off the path to
+    the layer's output, so no gradient would ever reach it. ``None`` if not applicable.
+    """
+    scope = _open_scope()
+    dim = _softmax_dim(args, kwargs)
+    if scope is None or input.dim() != 3 or dim not in (-1, 2) or not scope.num_heads:
+        return None
+    if input.shape[0] % scope.num_heads:
+        return None
+    rest = args[1:] if args else ()
+    options = {key: value for key, value in kwargs.items() if key != "dim"}
+    probabilities = original(input.reshape(-1, scope.num_heads, *input.shape[-2:]), -1, *rest, **options)
+    scope.capture._record(scope, probabilities)
+    return probabilities.reshape(input.shape)
+
+
 def _intercepted_tensor_softmax(self, *args, **kwargs):
+    headed = _headed_softmax(_ORIGINAL_TENSOR_SOFTMAX, self, args, kwargs)
+    if headed is not None:
+        return headed
     output = _ORIGINAL_TENSOR_SOFTMAX(self, *args, **kwargs)
     _record_softmax(self, output, _softmax_dim(args, kwargs))
     return output
 
 
 def _intercepted_torch_softmax(input, *args, **kwargs):
+    headed = _headed_softmax(_ORIGINAL_TORCH_SOFTMAX, input, args, kwargs)
+    if headed is not None:
+        return headed
     output = _ORIGINAL_TORCH_SOFTMAX(input, *args, **kwargs)
     _record_softmax(input, output, _softmax_dim(args, kwargs))
     return output

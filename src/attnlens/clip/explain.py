@@ -4,7 +4,10 @@ The method is Chefer et al., ICCV 2021 ("Generic Attention-model Explainability 
 Bi-Modal and Encoder-Decoder Transformers"), as its CLIP notebook applies it. For one pair
 (image ``i``, text ``t``) the objective is the raw similarity logit
 
-    s_it = exp(logit_scale) * cos(image_embedding_i, text_embedding_t)     (no softmax)
+    s_it = exp(logit_scale) * cos(image_embedding_i, text_embedding_t) [+ logit_bias]   (no softmax)
+
+(CLIP has no bias; SigLIP's ``logits_per_image`` add ``logit_bias``, which does not change the
+gradients).
 
 and in each tower, with ``A_l`` the attention probabilities of block ``l`` and ``G_l = ds/dA_l``,
 ``R = I``, then ``R <- R + mean_h((G_l * A_l)^+) @ R`` for the blocks from the start layer on
@@ -12,6 +15,20 @@ and in each tower, with ``A_l`` the attention probabilities of block ``l`` and `
 of ``R`` over the patch columns, the text relevance the end-of-text row over the tokens strictly
 between start and end of text. Start layer ``-1`` (the reference default) applies only the last
 block, ``0`` all blocks; negative values count from the end.
+
+Towers are described by their adapter (:class:`attnlens.adapters.base.Encoder`), not by model
+class. SigLIP differs from CLIP in two read-outs:
+
+* its vision tower has no class token; the embedding is pooled by an attention-pooling head (a
+  learned probe query attending over all patch tokens through ``nn.MultiheadAttention``, then an
+  MLP; ``Encoder.readout == "attention_pool"``). The pooling attention is treated as one more
+  attention layer whose single query is the readout: with ``A_p (H, 1, T)`` its probabilities and
+  ``G_p`` their gradient, the image relevance is the row ``mean_h((G_p * A_p)^+) @ R`` over the
+  patches (no identity term: the probe is not a token of the sequence, so there is no residual
+  path from the patches around the pooling attention);
+* its text tower pools the last position of the sequence padded to the context length, with no
+  causal mask (``readout == "last"``): the text relevance is the last row of ``R`` over the tokens
+  before the first end-of-text token ``</s>`` (SigLIP has no start token).
 
 Batching: the images are encoded once and the texts once (one forward pass per tower). A pair's
 gradient w.r.t. image ``i``'s attention depends on the text, but only through the cotangent of
@@ -34,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlens.capture import capture_attention
+from attnlens.capture import AttentionCapture
 from attnlens.clip.text import TokenizedTexts, tokenize_texts
 from attnlens.errors import InputError, UnsupportedModelError
 from attnlens.explain.base import min_max
@@ -44,7 +61,7 @@ from attnlens.images import ImageLike
 from attnlens.model import AttnLensModel, as_model
 from attnlens.tokens import TokenLayout
 
-CLIP_FAMILIES = ("hf-clip",)
+CLIP_FAMILIES = ("hf-clip", "hf-siglip")
 
 PairSpec = Any  # "grid" | "zip" | sequence of (image_index, text_index)
 
@@ -63,7 +80,7 @@ class ClipExplanation:
             strictly between the start- and end-of-text tokens.
         tokens: per pair, the decoded tokens aligned with ``text_relevance[p]`` (``"photo "``: a
             trailing space ends a word, as the reference decodes them).
-        scores: ``(P,)`` the explained logits ``exp(logit_scale) * cos``.
+        scores: ``(P,)`` the explained logits ``exp(logit_scale) * cos`` (``+ logit_bias`` for SigLIP).
         image_index, text_index: ``(P,)`` the image / text of each pair.
         texts: the input texts.
         logits: ``(I, T)`` logits of every image with every text (also pairs not explained).
@@ -187,7 +204,7 @@ def check_clip_model(model: AttnLensModel | nn.Module) -> AttnLensModel:
     if wrapped is None or family not in CLIP_FAMILIES:
         module = getattr(model, "module", model)
         raise UnsupportedModelError(
-            f"CLIP explanations need a CLIP model with both towers (Hugging Face CLIPModel); got "
+            f"CLIP explanations need a CLIP-like model with both towers (Hugging Face CLIPModel or SiglipModel); got "
             f"{type(module).__name__}" + (f" (family {family!r})" if family else "")
             + ". Load one with attnlens.load('<CLIP folder or hub id>')"
         )
@@ -326,22 +343,73 @@ def relevance_rows(
     attentions: Sequence[torch.Tensor],
     rows: torch.Tensor,
     cotangents: torch.Tensor,
-    query: torch.Tensor,
+    query: torch.Tensor | None,
 ) -> torch.Tensor:
     """The generic-rule relevance row ``R[query[u], :]`` of every objective ``u`` -> ``(U, K)``.
 
     Computed round by round (see :func:`iter_pair_gradients`), so memory holds the attention
     gradients of one round only. ``attentions`` are the captured maps from the start layer on.
+    ``query=None``: the last map is an attention-pooling layer ``(B, H, 1, K)`` whose single query
+    is the readout; the row is then ``mean_h((G_p * A_p)^+)[0] @ R`` (see the module docstring).
     """
     count = int(rows.numel())
     tokens = int(attentions[0].shape[-1])
+    pooled = query is None
+    blocks = list(attentions[:-1]) if pooled else list(attentions)
     result = torch.zeros((count, tokens), dtype=attentions[0].dtype, device=attentions[0].device)
     for members, grads in iter_pair_gradients(features, attentions, rows, cotangents):
         index = rows.to(attentions[0].device)[members.to(attentions[0].device)]
-        matrix = generic_relevance([attention.detach()[index] for attention in attentions], grads)
-        picked = query.to(matrix.device)[members.to(matrix.device)]
-        result[members.to(result.device)] = matrix[torch.arange(len(picked), device=matrix.device), picked]
+        block_grads = grads[:-1] if pooled else grads
+        matrix = generic_relevance([attention.detach()[index] for attention in blocks], block_grads)
+        if pooled:
+            pool = attentions[-1].detach()[index]
+            weights = (grads[-1] * pool).clamp(min=0).mean(dim=1)[:, 0, :]  # (U, K)
+            picked_rows = torch.bmm(weights.unsqueeze(1).to(matrix.dtype), matrix)[:, 0]
+        else:
+            picked = query.to(matrix.device)[members.to(matrix.device)]
+            picked_rows = matrix[torch.arange(len(picked), device=matrix.device), picked]
+        result[members.to(result.device)] = picked_rows
     return result
+
+
+def _tower_capture(model: AttnLensModel, name: str, layers: list[int]) -> AttentionCapture:
+    """Capture of a tower's blocks ``layers``, plus its attention-pooling layer if it has one
+    (recorded last)."""
+    encoder = model.family.encoder(name)
+    modules = list(encoder.attention_layers(model.module))
+    chosen = list(layers)
+    if encoder.readout == "attention_pool":
+        chosen.append(len(modules))
+        modules.append((encoder.pool_attention, model.module.get_submodule(encoder.pool_attention)))
+    return AttentionCapture(modules, chosen, keep_grad=False)
+
+
+def _image_query(model: AttnLensModel, layout: TokenLayout, count: int) -> torch.Tensor | None:
+    """The readout query of the vision tower (``None``: through the attention-pooling layer)."""
+    encoder = model.family.encoder("vision")
+    if encoder.readout == "attention_pool":
+        return None
+    if encoder.readout != "cls":
+        raise UnsupportedModelError(f"vision readout {encoder.readout!r} is not supported by the CLIP explanations")
+    return torch.full((count,), layout.cls_index, dtype=torch.long)
+
+
+def _logit_parameters(model: AttnLensModel, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp(logit_scale)`` and the logit bias (0 if the family has none)."""
+    family = model.family
+    module = model.module
+    if family.logit_scale is None:
+        raise UnsupportedModelError(f"model family {family.name!r} declares no logit_scale")
+    scale = _parameter(module, family.logit_scale).detach().exp().to(dtype).reshape(())
+    bias = torch.zeros((), dtype=dtype, device=scale.device)
+    if family.logit_bias is not None:
+        bias = _parameter(module, family.logit_bias).detach().to(dtype).reshape(())
+    return scale, bias
+
+
+def _parameter(module: nn.Module, path: str) -> torch.Tensor:
+    owner, _, attribute = path.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attribute)
 
 
 class _TwoTowerRun:
@@ -368,16 +436,12 @@ class _TwoTowerRun:
                 path = family.encoder("vision").embeddings
                 embeddings = module.get_submodule(path)
                 stack.callback(embeddings.register_forward_hook(_requires_grad_hook).remove)
-                self.vision = stack.enter_context(
-                    capture_attention(self.model, self.vision_layers, encoder="vision", keep_grad=False)
-                )
+                self.vision = stack.enter_context(_tower_capture(self.model, "vision", self.vision_layers))
             if self.text_layers is not None:
                 path = family.encoder("text").embeddings
                 embeddings = module.get_submodule(path)
                 stack.callback(embeddings.register_forward_hook(_requires_grad_hook).remove)
-                self.text = stack.enter_context(
-                    capture_attention(self.model, self.text_layers, encoder="text", keep_grad=False)
-                )
+                self.text = stack.enter_context(_tower_capture(self.model, "text", self.text_layers))
         except BaseException:
             stack.close()
             raise
@@ -393,11 +457,8 @@ class _TwoTowerRun:
     def encode_texts(self, tokenized: TokenizedTexts) -> torch.Tensor:
         module = self.model.module
         device = self.model.device
-        return _features(
-            module.get_text_features(
-                input_ids=tokenized.input_ids.to(device), attention_mask=tokenized.attention_mask.to(device)
-            )
-        )
+        mask = tokenized.attention_mask.to(device) if self.model.family.encoder("text").attention_mask else None
+        return _features(module.get_text_features(input_ids=tokenized.input_ids.to(device), attention_mask=mask))
 
 
 # --------------------------------------------------------------------------- image-text
@@ -451,22 +512,25 @@ def explain_clip(
         text_attentions = run.text.attentions
         for attention in vision_attentions:
             layout.check_length(attention.shape[-1], what="captured vision attention")
-        scale = wrapped.module.logit_scale.detach().exp().to(image_features.dtype)
+        scale, bias = _logit_parameters(wrapped, image_features.dtype)
         with torch.no_grad():
             image_unit = F.normalize(image_features.detach(), dim=-1)
             text_unit = F.normalize(text_features.detach(), dim=-1)
-            logits = scale * image_unit @ text_unit.T
+            logits = scale * image_unit @ text_unit.T + bias
             device = image_features.device
             scores, image_cotangent, text_cotangent = _cosine_cotangents(
                 image_features.detach()[image_index.to(device)], text_features.detach()[text_index.to(device)], scale
             )
-        cls = torch.full((len(image_index),), layout.cls_index, dtype=torch.long)
-        image_rows = relevance_rows(image_features, vision_attentions, image_index, image_cotangent, cls)
+            scores = scores + bias
+        query = _image_query(wrapped, layout, len(image_index))
+        image_rows = relevance_rows(image_features, vision_attentions, image_index, image_cotangent, query)
         eot = tokenized.eot_index[text_index]
         text_rows = relevance_rows(text_features, text_attentions, text_index, text_cotangent, eot)
 
     image_relevance = layout.to_grid(layout.patches(image_rows, dim=-1))
-    text_relevance = [row[1:end].clone() for row, end in zip(text_rows, eot.tolist())]
+    start = tokenized.text_start
+    ends = tokenized.text_end[text_index].tolist()
+    text_relevance = [row[start:end].clone() for row, end in zip(text_rows, ends)]
     return ClipExplanation(
         image_relevance=image_relevance.detach(),
         text_relevance=text_relevance,
@@ -540,13 +604,13 @@ def explain_image_similarity(
         maps = []
         if same_size:
             features, attentions, rows = parts[0]
-            cls = torch.full((len(rows),), layout_a.cls_index, dtype=torch.long)
-            relevance = relevance_rows(features, attentions, rows, torch.cat([cotangent_a, cotangent_b]), cls)
+            query = _image_query(wrapped, layout_a, len(rows))
+            relevance = relevance_rows(features, attentions, rows, torch.cat([cotangent_a, cotangent_b]), query)
             maps = [relevance[:pairs], relevance[pairs:]]
         else:
             for (features, attentions, rows), cotangent, layout in zip(parts, (cotangent_a, cotangent_b), (layout_a, layout_b)):
-                cls = torch.full((len(rows),), layout.cls_index, dtype=torch.long)
-                maps.append(relevance_rows(features, attentions, rows, cotangent, cls))
+                query = _image_query(wrapped, layout, len(rows))
+                maps.append(relevance_rows(features, attentions, rows, cotangent, query))
 
     def readout(rows: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         return layout.to_grid(layout.patches(rows, dim=-1)).detach()

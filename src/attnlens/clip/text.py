@@ -6,11 +6,19 @@ text explanation, over the tokens strictly between the start-of-text (SOT) and E
 with an attention mask: with the causal mask, the EOT row does not depend on the padding) and
 returns, per text, the EOT position and the decoded tokens.
 
+Other text towers are described by their adapter's :class:`~attnlens.adapters.base.Encoder`
+(``readout``, ``text_prefix_tokens``, ``pad_to_context``, ``attention_mask``). SigLIP's tokenizer
+adds no start token and ends a text with ``</s>``; the texts are padded to the context length and
+the model reads the *last* position out (a padding position for short texts), attending to every
+position (no mask). Its explained tokens are the ones before the first ``</s>`` (the end-of-text
+token and the padding are not shown, although relevance flows through them).
+
 Tokens are decoded as the reference notebook does (``_tokenizer.decode([id])``): the byte-level
 symbols are turned back into text and the end-of-word marker ``</w>`` becomes a trailing space,
 so ``"a photo"`` gives ``["a ", "photo "]`` and joining the tokens gives back the (lower-cased,
 whitespace-normalised) text followed by a space. A word split into several pieces has a space
-only after its last piece (``["pine", "apple "]``).
+only after its last piece (``["pine", "apple "]``). SentencePiece tokens (SigLIP) keep their
+word-start marker as a leading space (``"▁photo"`` -> ``" photo"``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import torch
 from attnlens.errors import InputError
 
 END_OF_WORD = "</w>"
+WORD_START = "\u2581"  # SentencePiece's "▁"
 
 
 class TextTruncatedWarning(UserWarning):
@@ -54,7 +63,7 @@ def decode_token(token: str, special: bool = False) -> str:
         return token
     table = _unicode_to_byte()
     if not all(character in table for character in token.replace(END_OF_WORD, "")):
-        return token.replace(END_OF_WORD, " ")
+        return token.replace(END_OF_WORD, " ").replace(WORD_START, " ")
     body_end = token.endswith(END_OF_WORD)
     body = token[: -len(END_OF_WORD)] if body_end else token
     text = bytes(table[character] for character in body).decode("utf-8", errors="replace")
@@ -69,9 +78,13 @@ class TokenizedTexts:
         texts: the input strings.
         input_ids: ``(T, L)`` token ids, padded to the longest text.
         attention_mask: ``(T, L)`` 1 for real tokens, 0 for padding.
-        eot_index: ``(T,)`` position of each text's end-of-text token (where the model pools).
-        tokens: per text, the decoded tokens strictly between SOT and EOT.
+        eot_index: ``(T,)`` the position each text is read out at (where the model pools: CLIP's
+            end-of-text token, SigLIP's last position).
+        tokens: per text, the decoded tokens of the text (``input_ids[t, text_start:text_end[t]]``:
+            strictly between SOT and EOT for CLIP, before the first ``</s>`` for SigLIP).
         truncated: per text, whether it was cut to the context length.
+        text_start: position of the first text token (after the start-of-text token, if any).
+        text_end: ``(T,)`` end (exclusive) of each text's tokens (``eot_index`` for CLIP).
     """
 
     texts: list[str]
@@ -80,6 +93,12 @@ class TokenizedTexts:
     eot_index: torch.Tensor
     tokens: list[list[str]]
     truncated: list[bool]
+    text_start: int = 1
+    text_end: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.text_end is None:
+            self.text_end = self.eot_index.clone()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -127,6 +146,26 @@ def pooling_positions(module, tokenizer, input_ids: torch.Tensor) -> torch.Tenso
     return found.int().argmax(dim=-1)
 
 
+def _text_encoder(model):
+    family = getattr(model, "family", None)
+    if family is None:
+        return None
+    try:
+        return family.encoder("text")
+    except InputError:
+        return None
+
+
+def _first_eos(module, tokenizer, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Position of each text's first end-of-text token (the number of real tokens if none)."""
+    eos = _eos_token_id(module, tokenizer)
+    lengths = mask.sum(dim=-1)
+    if eos is None:
+        return lengths
+    found = input_ids == eos
+    return torch.where(found.any(dim=-1), found.int().argmax(dim=-1), lengths)
+
+
 def tokenize_texts(model, texts: str | Sequence[str], *, truncate: bool = True) -> TokenizedTexts:
     """Tokenise ``texts`` with the model's tokenizer (see the module docstring).
 
@@ -142,12 +181,16 @@ def tokenize_texts(model, texts: str | Sequence[str], *, truncate: bool = True) 
             "that contains the tokenizer files (vocab.json, merges.txt), or set model.tokenizer"
         )
     module = model.module
+    encoder = _text_encoder(model)
+    readout = getattr(encoder, "readout", "eos")
+    prefix = int(getattr(encoder, "text_prefix_tokens", 1))
+    pad_to_context = bool(getattr(encoder, "pad_to_context", False))
     config = getattr(getattr(module, "config", None), "text_config", None)
     context = int(getattr(config, "max_position_embeddings", 0) or getattr(tokenizer, "model_max_length", 77))
     full = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
     truncated = [len(ids) > context for ids in full]
     for index, ids in enumerate(full):
-        if len(ids) <= 2:
+        if len(ids) <= prefix + 1:
             raise InputError(f"text #{index} ({texts[index]!r}) has no tokens between start and end of text")
     if any(truncated):
         long = [f"#{i} ({len(full[i])} tokens)" for i, cut in enumerate(truncated) if cut]
@@ -163,16 +206,27 @@ def tokenize_texts(model, texts: str | Sequence[str], *, truncate: bool = True) 
             stacklevel=3,
         )
     encoded = tokenizer(
-        texts, padding=True, truncation=True, max_length=context, return_tensors="pt", verbose=False
+        texts,
+        padding="max_length" if pad_to_context else True,
+        truncation=True,
+        max_length=context,
+        return_tensors="pt",
+        verbose=False,
     )
     input_ids = encoded["input_ids"]
     mask = encoded.get("attention_mask")
     if mask is None:
-        mask = torch.ones_like(input_ids)
-    eot = pooling_positions(module, tokenizer, input_ids)
+        mask = (input_ids != tokenizer.pad_token_id).long() if tokenizer.pad_token_id is not None else torch.ones_like(input_ids)
+    if readout == "last":
+        eot = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, dtype=torch.long)
+        end = _first_eos(module, tokenizer, input_ids, mask)
+    else:
+        eot = pooling_positions(module, tokenizer, input_ids)
+        end = eot.clone()
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     tokens = []
-    for row, end in zip(input_ids.tolist(), eot.tolist()):
-        pieces = tokenizer.convert_ids_to_tokens(row[1:end])
-        tokens.append([decode_token(str(piece), ident in special) for piece, ident in zip(pieces, row[1:end])])
-    return TokenizedTexts(texts, input_ids, mask, eot, tokens, truncated)
+    for row, stop in zip(input_ids.tolist(), end.tolist()):
+        ids = row[prefix:stop]
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        tokens.append([decode_token(str(piece), ident in special) for piece, ident in zip(pieces, ids)])
+    return TokenizedTexts(texts, input_ids, mask, eot, tokens, truncated, text_start=prefix, text_end=end)
