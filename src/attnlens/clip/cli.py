@@ -122,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     overlays = explanation.overlay([str(p) for p in paths], alpha=args.alpha)
-    probabilities = explanation.logits.float().softmax(dim=-1)
+    pairwise = model.family.logit_bias is not None  # sigmoid-loss models (SigLIP) score each pair alone
+    probabilities = explanation.logits.float().sigmoid() if pairwise else explanation.logits.float().softmax(dim=-1)
     stems = _unique_stems(paths)
     outputs: list[tuple[Path, bytes]] = []  # everything is rendered before anything is written
     records = []
@@ -154,8 +155,8 @@ def _run(args: argparse.Namespace) -> int:
     summary = {
         "model": str(model.source),
         "method": "generic attention explainability (Chefer et al., ICCV 2021), raw logit objective",
-        "score": "exp(logit_scale) * cosine(image embedding, text embedding)",
-        "probability": "softmax of the scores over the texts, per image",
+        "score": "exp(logit_scale) * cosine(image embedding, text embedding)" + (" + logit_bias" if pairwise else ""),
+        "probability": "sigmoid of the score (pairwise)" if pairwise else "softmax of the scores over the texts, per image",
         "image_start_layer": explanation.image_start_layer,
         "text_start_layer": explanation.text_start_layer,
         "images": [str(p) for p in paths],
