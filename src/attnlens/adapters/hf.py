@@ -42,6 +42,21 @@ def _cls_only(model: nn.Module) -> tuple[str, ...]:
     return (CLS,)
 
 
+def _register(name: str, matches, encoders: tuple[Encoder, ...], prefix_roles=_cls_only, **options) -> None:
+    """Register a Hugging Face family (patch and image size read from the (vision) config)."""
+    register_family(
+        Family(
+            name=name,
+            matches=matches,
+            encoders=encoders,
+            prefix_roles=prefix_roles,
+            patch_size=_patch,
+            image_size=_image,
+            **options,
+        )
+    )
+
+
 HF_BLOCK = BlockParts(
     attention="attention",
     norm1="layernorm_before",
@@ -91,10 +106,13 @@ def _beit_attention_bias(prefix: str):
     return attention_bias
 
 
-def _vit_like_encoder(prefix: str, block: BlockParts = HF_BLOCK, attention_bias=None) -> Encoder:
+def _vit_like_encoder(
+    prefix: str, block: BlockParts = HF_BLOCK, attention_bias=None, blocks: str = "layers"
+) -> Encoder:
+    """The vision encoder of ViT-style models whose parts live under ``prefix`` (``""`` or ``"vit."``)."""
     return Encoder(
         name="vision",
-        blocks=f"{prefix}layers",
+        blocks=f"{prefix}{blocks}",
         block=block,
         embeddings=f"{prefix}embeddings",
         patch_embedding=f"{prefix}embeddings.patch_embeddings.projection",
@@ -105,42 +123,27 @@ def _vit_like_encoder(prefix: str, block: BlockParts = HF_BLOCK, attention_bias=
 
 
 def _vit_family(name: str, model_type: str, base: str, head: Head, prefix_roles=_cls_only) -> None:
-    """Register a backbone (``XModel``) and a classifier (``base.``-prefixed) family."""
-    register_family(
-        Family(
-            name=name,
-            matches=_is(model_type),
-            encoders=(_vit_like_encoder(f"{base}."),),
-            prefix_roles=prefix_roles,
-            patch_size=_patch,
-            image_size=_image,
-            head=head,
-        )
-    )
+    """Register the classifier family of ``model_type`` (parts under the ``base`` attribute).
+
+    It matches every class of that type; the more specific families registered after it (the
+    backbone, DeiT with teacher, ...) are tried first.
+    """
+    _register(name, _is(model_type), (_vit_like_encoder(f"{base}."),), prefix_roles, head=head)
 
 
-def _backbone_family(name: str, model_type: str, class_names: tuple[str, ...], block=HF_BLOCK, prefix_roles=_cls_only, final_norm="layernorm", interpolate="interpolate_pos_encoding", attention_bias=None) -> None:
-    encoder = Encoder(
-        name="vision",
-        blocks="encoder.layer" if block is DINOV2_BLOCK else "layers",
-        block=block,
-        embeddings="embeddings",
-        patch_embedding="embeddings.patch_embeddings.projection",
-        final_norm=final_norm,
-        position_embedding="embeddings.position_embeddings",
-        attention_bias=attention_bias,
-    )
-    register_family(
-        Family(
-            name=name,
-            matches=_is(model_type, *class_names),
-            encoders=(encoder,),
-            prefix_roles=prefix_roles,
-            patch_size=_patch,
-            image_size=_image,
-            interpolate_kwarg=interpolate,
-        )
-    )
+def _backbone_family(
+    name: str,
+    model_type: str,
+    class_names: tuple[str, ...],
+    block: BlockParts = HF_BLOCK,
+    blocks: str = "layers",
+    prefix_roles=_cls_only,
+    interpolate: str | None = "interpolate_pos_encoding",
+    attention_bias=None,
+) -> None:
+    """Register a backbone family (``XModel``: parts at the top level, no head)."""
+    encoder = _vit_like_encoder("", block, attention_bias, blocks)
+    _register(name, _is(model_type, *class_names), (encoder,), prefix_roles, interpolate_kwarg=interpolate)
 
 
 def _deit_roles(model: nn.Module) -> tuple[str, ...]:
@@ -157,68 +160,40 @@ _backbone_family("hf-vit-backbone", "vit", ("ViTModel",))
 
 # --- DeiT (CLS + distillation token) -------------------------------------------------------
 _vit_family("hf-deit", "deit", "deit", Head("cls", ("classifier",)), _deit_roles)
-register_family(
-    Family(
-        name="hf-deit-distilled",
-        matches=_is("deit", "DeiTForImageClassificationWithTeacher"),
-        encoders=(_vit_like_encoder("deit."),),
-        prefix_roles=_deit_roles,
-        patch_size=_patch,
-        image_size=_image,
-        head=Head("cls_distillation_average", ("cls_classifier", "distillation_classifier")),
-    )
+_register(
+    name="hf-deit-distilled",
+    matches=_is("deit", "DeiTForImageClassificationWithTeacher"),
+    encoders=(_vit_like_encoder("deit."),),
+    prefix_roles=_deit_roles,
+    head=Head("cls_distillation_average", ("cls_classifier", "distillation_classifier")),
 )
 _backbone_family("hf-deit-backbone", "deit", ("DeiTModel",), prefix_roles=_deit_roles)
 
 # --- BEiT (mean-pooled patches or CLS) -----------------------------------------------------
-register_family(
-    Family(
-        name="hf-beit",
-        matches=lambda m: _is("beit", "BeitForImageClassification")(m) and bool(_config(m).use_mean_pooling),
-        encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
-        prefix_roles=_cls_only,
-        patch_size=_patch,
-        image_size=_image,
-        head=Head("mean_patches", ("classifier",), pool_norm="beit.pooler.layernorm"),
-    )
+_register(
+    name="hf-beit",
+    matches=lambda m: _is("beit", "BeitForImageClassification")(m) and bool(_config(m).use_mean_pooling),
+    encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
+    head=Head("mean_patches", ("classifier",), pool_norm="beit.pooler.layernorm"),
 )
-register_family(
-    Family(
-        name="hf-beit-cls",
-        matches=lambda m: _is("beit", "BeitForImageClassification")(m) and not bool(_config(m).use_mean_pooling),
-        encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
-        prefix_roles=_cls_only,
-        patch_size=_patch,
-        image_size=_image,
-        head=Head("cls", ("classifier",)),
-    )
+_register(
+    name="hf-beit-cls",
+    matches=lambda m: _is("beit", "BeitForImageClassification")(m) and not bool(_config(m).use_mean_pooling),
+    encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
+    head=Head("cls", ("classifier",)),
 )
 _backbone_family("hf-beit-backbone", "beit", ("BeitModel",), block=BEIT_BLOCK, attention_bias=_beit_attention_bias(""))
 
 # --- DINOv2 (optionally with registers) ----------------------------------------------------
 for _type, _prefix in (("dinov2", "Dinov2"), ("dinov2_with_registers", "Dinov2WithRegisters")):
-    _backbone_family(f"hf-{_type}", _type, (f"{_prefix}Model",), block=DINOV2_BLOCK, prefix_roles=_dinov2_roles, interpolate=None)
-    register_family(
-        Family(
-            name=f"hf-{_type}-classifier",
-            matches=_is(_type, f"{_prefix}ForImageClassification"),
-            encoders=(
-                Encoder(
-                    name="vision",
-                    blocks=f"{_type}.encoder.layer",
-                    block=DINOV2_BLOCK,
-                    embeddings=f"{_type}.embeddings",
-                    patch_embedding=f"{_type}.embeddings.patch_embeddings.projection",
-                    final_norm=f"{_type}.layernorm",
-                    position_embedding=f"{_type}.embeddings.position_embeddings",
-                ),
-            ),
-            prefix_roles=_dinov2_roles,
-            patch_size=_patch,
-            image_size=_image,
-            head=Head("cls_mean_patches", ("classifier",)),
-            interpolate_kwarg=None,
-        )
+    _backbone_family(f"hf-{_type}", _type, (f"{_prefix}Model",), block=DINOV2_BLOCK, blocks="encoder.layer", prefix_roles=_dinov2_roles, interpolate=None)
+    _register(
+        name=f"hf-{_type}-classifier",
+        matches=_is(_type, f"{_prefix}ForImageClassification"),
+        encoders=(_vit_like_encoder(f"{_type}.", DINOV2_BLOCK, blocks="encoder.layer"),),
+        prefix_roles=_dinov2_roles,
+        head=Head("cls_mean_patches", ("classifier",)),
+        interpolate_kwarg=None,
     )
 
 # --- CLIP --------------------------------------------------------------------------------
@@ -245,38 +220,23 @@ CLIP_TEXT = Encoder(
     causal=True,
     readout="eos",
 )
-register_family(
-    Family(
-        name="hf-clip",
-        matches=_is("clip", "CLIPModel"),
-        encoders=(CLIP_VISION, CLIP_TEXT),
-        prefix_roles=_cls_only,
-        patch_size=_patch,
-        image_size=_image,
-        head=Head("none"),
-        image_module="vision_model",
-    )
+_register(
+    name="hf-clip",
+    matches=_is("clip", "CLIPModel"),
+    encoders=(CLIP_VISION, CLIP_TEXT),
+    head=Head("none"),
+    image_module="vision_model",
 )
-register_family(
-    Family(
-        name="hf-clip-vision",
-        # transformers 5 builds CLIPVisionModel's parts at the top level, 4.x under ``vision_model``
-        matches=lambda m: type(m).__name__ in ("CLIPVisionModel", "CLIPVisionModelWithProjection") and hasattr(m, "vision_model"),
-        encoders=(CLIP_VISION,),
-        prefix_roles=_cls_only,
-        patch_size=_patch,
-        image_size=_image,
-    )
+_register(
+    name="hf-clip-vision",
+    # transformers 5 builds CLIPVisionModel's parts at the top level, 4.x under ``vision_model``
+    matches=lambda m: type(m).__name__ in ("CLIPVisionModel", "CLIPVisionModelWithProjection") and hasattr(m, "vision_model"),
+    encoders=(CLIP_VISION,),
 )
-register_family(
-    Family(
-        name="hf-clip-vision-flat",
-        matches=lambda m: type(m).__name__ == "CLIPVisionModel" and not hasattr(m, "vision_model"),
-        encoders=(_clip_vision_encoder(""),),
-        prefix_roles=_cls_only,
-        patch_size=_patch,
-        image_size=_image,
-    )
+_register(
+    name="hf-clip-vision-flat",
+    matches=lambda m: type(m).__name__ == "CLIPVisionModel" and not hasattr(m, "vision_model"),
+    encoders=(_clip_vision_encoder(""),),
 )
 
 # --- SigLIP ------------------------------------------------------------------------------
@@ -298,29 +258,21 @@ SIGLIP_TEXT = replace(
     pad_to_context=True,
     attention_mask=False,
 )
-register_family(
-    Family(
-        name="hf-siglip",
-        matches=_is("siglip", "SiglipModel"),
-        encoders=(SIGLIP_VISION, SIGLIP_TEXT),
-        prefix_roles=_no_prefix,
-        patch_size=_patch,
-        image_size=_image,
-        head=Head("none"),
-        image_module="vision_model",
-        logit_bias="logit_bias",
-    )
+_register(
+    name="hf-siglip",
+    matches=_is("siglip", "SiglipModel"),
+    encoders=(SIGLIP_VISION, SIGLIP_TEXT),
+    prefix_roles=_no_prefix,
+    head=Head("none"),
+    image_module="vision_model",
+    logit_bias="logit_bias",
 )
 
 # --- Swin (windowed attention: capture works, global token methods do not) ----------------
-register_family(
-    Family(
-        name="hf-swin",
-        matches=lambda m: getattr(_config(m), "model_type", None) in ("swin", "swinv2"),
-        encoders=(),
-        prefix_roles=lambda m: (),
-        patch_size=_patch,
-        image_size=_image,
-        windowed=True,
-    )
+_register(
+    name="hf-swin",
+    matches=lambda m: getattr(_config(m), "model_type", None) in ("swin", "swinv2"),
+    encoders=(),
+    prefix_roles=lambda m: (),
+    windowed=True,
 )
