@@ -35,15 +35,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SRC = REPO_ROOT / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from attnlens.data.synthetic import (  # noqa: E402
+from attnlens.data.synthetic import (
     CLASS_NAMES,
     SyntheticShapesConfig,
     class_file_stem,
@@ -51,7 +47,7 @@ from attnlens.data.synthetic import (  # noqa: E402
     save_dataset,
 )
 
-DEFAULT_OUT = SRC / "attnlens" / "assets" / "default_model"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "attnlens" / "assets" / "default_model"
 
 IMAGE_SIZE = 96
 PATCH_SIZE = 8

@@ -94,17 +94,6 @@ class AttnLensModel:
     def image_size(self) -> tuple[int, int]:
         return self.family.image_size(self.module)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.id2label)
-
-    def label_index(self, label: str) -> int:
-        """Class index of a label name (case-insensitive); raises with the valid names otherwise."""
-        for index, name in self.id2label.items():
-            if name.lower() == label.lower():
-                return index
-        raise InputError(f"unknown class name {label!r}; valid names: {sorted(self.id2label.values())}")
-
     # ----------------------------------------------------------------- preprocessing
     def preprocess(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Pixel tensor ``(B, 3, H, W)`` the model expects, on the model's device and dtype.

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-_SRC = Path(__file__).resolve().parents[2] / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
 
-from attnlens.data import (  # noqa: E402
+from attnlens.data import (
     CLASS_COLOURS,
     CLASS_NAMES,
     CLASS_SHAPES,
@@ -24,7 +20,7 @@ from attnlens.data import (  # noqa: E402
     render_sample,
     save_dataset,
 )
-from attnlens.data import synthetic  # noqa: E402
+from attnlens.data import synthetic
 
 N = 48
 SIZE = 64

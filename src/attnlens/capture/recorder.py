@@ -127,22 +127,23 @@ def _headed_softmax(original: Callable, input: torch.Tensor, args: tuple, kwargs
     return probabilities.reshape(input.shape)
 
 
-def _intercepted_tensor_softmax(self, *args, **kwargs):
-    headed = _headed_softmax(_ORIGINAL_TENSOR_SOFTMAX, self, args, kwargs)
-    if headed is not None:
-        return headed
-    output = _ORIGINAL_TENSOR_SOFTMAX(self, *args, **kwargs)
-    _record_softmax(self, output, _softmax_dim(args, kwargs))
-    return output
+def _softmax_interceptor(original: Callable) -> Callable:
+    """A replacement for ``original`` (``Tensor.softmax`` or ``torch.softmax``) that records the
+    attention probabilities while an attention scope is open."""
+
+    def intercepted(input, *args, **kwargs):
+        headed = _headed_softmax(original, input, args, kwargs)
+        if headed is not None:
+            return headed
+        output = original(input, *args, **kwargs)
+        _record_softmax(input, output, _softmax_dim(args, kwargs))
+        return output
+
+    return intercepted
 
 
-def _intercepted_torch_softmax(input, *args, **kwargs):
-    headed = _headed_softmax(_ORIGINAL_TORCH_SOFTMAX, input, args, kwargs)
-    if headed is not None:
-        return headed
-    output = _ORIGINAL_TORCH_SOFTMAX(input, *args, **kwargs)
-    _record_softmax(input, output, _softmax_dim(args, kwargs))
-    return output
+_intercepted_tensor_softmax = _softmax_interceptor(_ORIGINAL_TENSOR_SOFTMAX)
+_intercepted_torch_softmax = _softmax_interceptor(_ORIGINAL_TORCH_SOFTMAX)
 
 
 _patch_lock = threading.Lock()

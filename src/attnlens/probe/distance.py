@@ -49,18 +49,13 @@ def _check_units(units: str) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _distance_matrix(
-    grid: tuple[int, int], patch: tuple[int, int], units: str, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    rows = torch.arange(grid[0], dtype=torch.float64)
-    cols = torch.arange(grid[1], dtype=torch.float64)
+def _distance_matrix(layout: TokenLayout, units: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    positions = layout.patch_positions()  # (N, 2) grid (row, col), row-major like the patch tokens
     if units == "pixels":
-        rows, cols = rows * patch[0], cols * patch[1]
+        positions = positions * torch.tensor(layout.patch_size, dtype=positions.dtype)
     elif units == "unit":
-        rows, cols = rows / grid[0], cols / grid[1]
-    positions = torch.cartesian_prod(rows, cols)  # (N, 2), row-major like the patch tokens
-    distances = torch.cdist(positions, positions)
-    return distances.to(device=device, dtype=dtype)
+        positions = positions / torch.tensor(layout.grid, dtype=positions.dtype)
+    return torch.cdist(positions, positions).to(device=device, dtype=dtype)
 
 
 def patch_distance_matrix(
@@ -76,7 +71,7 @@ def patch_distance_matrix(
     tutorial notebook; non-square patches scale rows and columns separately. Cached per grid.
     """
     _check_units(units)
-    return _distance_matrix(tuple(layout.grid), tuple(layout.patch_size), units, torch.device(device or "cpu"), dtype)
+    return _distance_matrix(layout, units, torch.device(device or "cpu"), dtype)
 
 
 def attention_distance_reducer(units: str = "pixels", renormalize: bool = False) -> AttentionReducer:

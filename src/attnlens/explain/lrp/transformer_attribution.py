@@ -26,7 +26,7 @@ relevance pass down to ``start_layer``; in matrix-product units about 5 for ``tr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -57,18 +57,18 @@ class TransformerAttribution(Method):
     paper = "Chefer, Gur & Wolf, CVPR 2021"
     defaults = {"start_layer": 0}
     class_specific = True
+    uses_gradient: ClassVar[bool] = True
 
     def relevance(self, context: ExplainContext, *, start_layer: int = 0, **options: Any) -> torch.Tensor:
-        return _attention_relevance(context, context.check_start_layer(start_layer), with_gradient=True)
+        start = context.check_start_layer(start_layer)
+        return _attention_relevance(context, start, with_gradient=self.uses_gradient)
 
 
 @register_method
-class LRPRollout(Method):
+class LRPRollout(TransformerAttribution):
+    """The same roll-out of attention relevance without the gradient factor."""
+
     name = "lrp_rollout"
     description = "rollout of the positive LRP relevance of attention (Chefer et al.'s LRP 'rollout' baseline)"
     paper = "Chefer, Gur & Wolf, CVPR 2021 (baseline)"
-    defaults = {"start_layer": 0}
-    class_specific = True
-
-    def relevance(self, context: ExplainContext, *, start_layer: int = 0, **options: Any) -> torch.Tensor:
-        return _attention_relevance(context, context.check_start_layer(start_layer), with_gradient=False)
+    uses_gradient = False
