@@ -12,7 +12,7 @@ cannot hide another's peak):
 * ``forward+backward``: one plain forward with autograd, then
   ``logits[range(B), argmax].sum().backward()`` (parameter gradients computed, as in training;
   the reference unit of every class-specific method);
-* every registered method: one ``attnlens.explain.explain(model, pixels, method=name)`` call.
+* every registered method: one ``attnlens.explainers.explain(model, pixels, method=name)`` call.
 
 Time: best (minimum) wall-clock of ``--repeats`` calls after one warm-up call, divided by the
 batch size (the minimum is the least disturbed by other processes on a shared machine). The ratios
@@ -126,7 +126,7 @@ def measure_peak(function, device: torch.device) -> tuple[float, str]:
 
 # --------------------------------------------------------------------------- the worker
 def _task(kind: str, model, pixels: torch.Tensor):
-    from attnlens.explain import explain
+    from attnlens.explainers import explain
 
     module = model.module
     if kind == FORWARD:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
 
-    from attnlens.explain import methods
+    from attnlens.explainers import methods
 
     names = args.methods.split(",") if args.methods else list(methods())
     batches = [int(b) for b in args.batch.split(",")]

@@ -103,3 +103,119 @@ def test_a_model_without_attention_layers(tmp_path, images, capsys) -> None:
     error = capsys.readouterr().err
     assert code == 2 and "has no attention layers" in error and error.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- flags from schemas
+@pytest.fixture()
+def sharpened_method():
+    """A method registered for the test only, with an option no built-in method has."""
+    from attnlens.explainers.base import _METHODS, ExplainContext, Method, register_method
+    from attnlens.options import Option, OptionSchema
+
+    class Sharpened(Method):
+        name = "test_sharpened"
+        description = "last-layer attention raised to a power (test only)"
+        options = OptionSchema(Option("sharpness", float, 1.0, "exponent of the map", minimum=0.0))
+        class_specific = False
+
+        def relevance(self, context: ExplainContext, *, sharpness: float = 1.0, **options):
+            (attention,) = context.forward_with_attention([context.num_layers - 1])
+            return context.readout(context.per_row(attention.mean(dim=1))) ** sharpness
+
+    register_method(Sharpened)
+    yield Sharpened.name
+    _METHODS.pop(Sharpened.name)
+
+
+def _explain(images, tiny_vit_dir, out, *extra) -> int:
+    return main(["explain", str(images[0]), "--model", str(tiny_vit_dir), "--out", str(out), *extra])
+
+
+def _map(out, name):
+    return np.load(out / f"{name}.npy")
+
+
+def test_a_registered_method_gets_a_flag_from_its_schema(sharpened_method, tiny_vit_dir, images, tmp_path, capsys) -> None:
+    import attnlens
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["explain", "--help"])
+    assert "--sharpness" in capsys.readouterr().out
+    assert _explain(images, tiny_vit_dir, tmp_path / "a", "--method", sharpened_method, "--sharpness", "2") == 0
+    assert _explain(images, tiny_vit_dir, tmp_path / "b", "--method", sharpened_method, "--option", "sharpness=2") == 0
+    expected = attnlens.explain(attnlens.load(tiny_vit_dir), images[0], method=sharpened_method, sharpness=2.0)
+    for out in (tmp_path / "a", tmp_path / "b"):
+        np.testing.assert_array_equal(_map(out, f"wide_{sharpened_method}"), expected.relevance[0].numpy())
+        assert json.loads((out / "explanations.json").read_text())["options"] == {"sharpness": 2.0}
+
+
+def test_option_start_layer_equals_the_api_call(tiny_vit_dir, images, tmp_path) -> None:
+    import attnlens
+
+    expected = attnlens.explain(attnlens.load(tiny_vit_dir), images[0], method="rollout", start_layer=2).relevance[0]
+    assert _explain(images, tiny_vit_dir, tmp_path / "a", "--method", "rollout", "--option", "start_layer=2") == 0
+    assert _explain(images, tiny_vit_dir, tmp_path / "b", "--method", "rollout", "--start-layer", "2") == 0
+    for out in (tmp_path / "a", tmp_path / "b"):
+        np.testing.assert_array_equal(_map(out, "wide_rollout"), expected.numpy())
+        record = json.loads((out / "explanations.json").read_text())["images"][0]
+        assert record["options"] == {"start_layer": 2} and record["map"]["file"] == "wide_rollout.npy"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "attention", "--start-layer", "1"], "method 'attention' has no option 'start_layer'; its options: layer"),
+        (["--method", "rollout", "--ablation"], "method 'rollout' has no option 'ablation'"),
+        (["--method", "rollout", "--option", "start_layer=two"], "option start_layer='two' must be an integer"),
+        (["--method", "rollout", "--option", "start_layer"], "must look like NAME=VALUE"),
+        (["--method", "rollout", "--option", "nope=1"], "has no option 'nope'"),
+        (["--method", "attnlrp", "--epsilon", "-1"], "option epsilon=-1.0 is below its minimum 0.0"),
+        (["--method", "rollout", "--alpha", "2"], "alpha (heat-map opacity) must be between 0 and 1"),
+        (["--method", "rollout", "--batch-size", "0"], "batch size must be a positive integer"),
+    ],
+)
+def test_bad_option_values_are_one_line_errors(tiny_vit_dir, images, tmp_path, capsys, extra, message) -> None:
+    out = tmp_path / "out"
+    assert _explain(images, tiny_vit_dir, out, *extra) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("attnlens: error: ") and message in error and error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_usage_errors_are_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explain", "--batch-size", "many"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.startswith("attnlens: error: ") and error.count("\n") == 1
+
+
+def test_debug_after_the_sub_command_and_interrupts(tmp_path, images, monkeypatch, capsys) -> None:
+    with pytest.raises(Exception, match="config.json is missing"):
+        main(["explain", str(images[0]), "--model", str(tmp_path), "--debug"])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("attnlens.cli.explain_files", interrupted)
+    assert main(["explain", str(images[0]), "--method", "rollout", "--out", str(tmp_path / "o")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_compare_passes_each_option_to_the_methods_that_take_it(tiny_vit_dir, images, tmp_path, capsys) -> None:
+    args = ["compare", str(images[0]), "--model", str(tiny_vit_dir), "--out", str(tmp_path), "--methods", "rollout,attention"]
+    assert main([*args, "--start-layer", "1", "--layer", "0"]) == 0
+    assert (tmp_path / "wide_compare.png").is_file()
+    assert main([*args, "--epsilon", "0.1"]) == 2
+    assert "no chosen method has the option 'epsilon'" in capsys.readouterr().err
+
+
+def test_methods_lists_options_and_json_schemas(capsys) -> None:
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    assert "start_layer (int, default 0, layer index, negative counts from the end)" in listing
+    assert "ablation (bool, default False)" in listing
+    assert main(["methods", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert [option["name"] for option in described["methods"]["partial_lrp"]["options"]] == ["layer", "ablation"]
+    assert {option["name"] for option in described["probes"]["norms"]["options"]} == {"layer", "threshold", "ratio"}

@@ -9,7 +9,7 @@ Main entry points:
 * :mod:`attnlens.probe` — mean attention distance, DINO maps, CKA, entropy, token norms.
 
 ``attnlens.explain`` is the function; the methods live in the ``attnlens.explain`` package
-(``from attnlens.explain import Explanation``).
+(``from attnlens.explainers import Explanation``).
 """
 
 from attnlens.capture import AttentionCapture, AttentionRecord, capture_attention
@@ -25,9 +25,11 @@ from attnlens.errors import (
 from attnlens.loading import default_model_path, load, sample_images
 from attnlens.model import AttnLensModel, as_model
 from attnlens.tokens import TokenLayout
+from attnlens.attribution.results import ExplanationResult, RelevanceMaps, TokenRelevance
+from attnlens.options import Option, OptionSchema
 from attnlens import probe
 from attnlens.clip import ClipExplanation, explain_clip, explain_image_similarity
-from attnlens.explain import Explanation, explain, methods
+from attnlens.explainers import Explanation, explain, get_method, methods
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,12 @@ __all__ = [
     "as_model",
     "ClipExplanation",
     "Explanation",
+    "ExplanationResult",
+    "Option",
+    "OptionSchema",
+    "RelevanceMaps",
+    "TokenRelevance",
+    "get_method",
     "capture_attention",
     "explain",
     "explain_clip",

@@ -1,13 +1,20 @@
 """The ``attnlens`` command line.
 
-    attnlens explain IMAGE... [--model SOURCE] [--method NAME] [--target CLASS] [--out DIR]
-    attnlens compare IMAGE [--methods a,b,...] [--model SOURCE] [--out DIR]
-    attnlens methods
+    attnlens explain IMAGE... [--model SOURCE] [--method NAME] [--target CLASS] [--OPTION VALUE] [--out DIR]
+    attnlens compare IMAGE [--methods a,b,...] [--model SOURCE] [--OPTION VALUE] [--out DIR]
+    attnlens methods [--json]
     attnlens info [--model SOURCE]
+    attnlens probe mad|dino|cka|entropy|norms IMAGES... [--OPTION VALUE]
+    attnlens clip IMAGE... --text TEXT... --model SOURCE
+    attnlens generate PROMPT --excite WORD... --model SOURCE [--seed S...] [--OPTION VALUE]
+    attnlens heatmap PROMPT --model SOURCE [--seed S...] [--OPTION VALUE]
 
-Errors are one line on stderr naming the file and the problem, with a non-zero exit status; pass
-``--debug`` for the full traceback. Outputs are written atomically (temporary file, then rename),
-and every input is read and checked before anything is written.
+Every sub-command is a thin layer over :mod:`attnlens.app` (the functions an evaluation runner or
+a web app call too, so all of them give the same maps). Method and probe options are flags
+generated from their option schemas (``--start-layer 2`` or ``--option start_layer=2``); a flag
+the chosen method does not take is an error. Errors are one line ``attnlens: error: ...`` on
+stderr with exit status 2 (``--debug``: the traceback); an interrupt exits 130. Outputs are
+written atomically, and every input is read and checked before anything is written.
 """
 
 from __future__ import annotations
@@ -17,256 +24,150 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from attnlens.errors import AttnLensError
+from attnlens.app.cli import (
+    Parser, add_batch_flags, add_debug_flag, add_model_flags, add_output_flags, add_schema_flags, command, load_model,
+    option_values, out_folder, progress_of, size_of,
+)
+from attnlens.app.explain import DEFAULT_METHOD, SUMMARY_FILE, compare_file, explain_files
+from attnlens.app.outputs import MAP_FORMATS
+from attnlens.app.probe import describe_probes
+from attnlens.app.schemas import describe_methods, method_schemas, parse_assignments
+from attnlens.clip.cli import add_clip_parser
+from attnlens.diffusion.cli import add_diffusion_parsers
+from attnlens.probe.cli import add_probe_parser
 
-DEFAULT_METHOD = "transformer_attribution"
 
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_target_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model",
-        default=None,
-        metavar="SOURCE",
-        help="model to use: a Hugging Face hub id, a local folder written by save_pretrained, "
-        "'timm:NAME' (if timm is installed) or 'default' (the embedded default model; the default)",
-    )
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="allow loading pickle checkpoints (pytorch_model.bin); only for files you trust",
-    )
-
-
-def _add_explain_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--target",
-        default=None,
-        metavar="CLASS",
+        "--target", default=None, metavar="CLASS",
         help="class to explain, as an index or a label name (default: the predicted class of each image)",
     )
-    parser.add_argument(
-        "--start-layer",
-        type=int,
-        default=None,
-        help="first layer used by rollout-type methods (rollout, transformer_attribution, generic); "
-        "negative counts from the end (default: the method's own default)",
-    )
-    parser.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="model input size in pixels (default: the model's own size); other sizes interpolate "
-        "the position embeddings",
-    )
-    parser.add_argument("--out", default="attnlens-out", help="output folder (created if missing; default: attnlens-out)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attnlens",
-        description="Explain, probe and guide attention in vision transformers.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _add_overlay_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity of the overlays, 0..1 (default: 0.5)")
+    parser.add_argument("--colormap", default="jet", help="matplotlib colormap of the heat maps (default: jet)")
 
+
+def _add_explain_parser(commands) -> None:
     explain = commands.add_parser(
         "explain",
-        help="explain predictions: a heat-map overlay PNG per image and a JSON with the top-5 predictions",
-        description="Explain the model's prediction on each image. Writes OUT/<image>_<method>.png "
-        "(heat map over the image) and OUT/explanations.json (top-5 predictions, explained class, "
-        "method). Without images, the bundled sample images are explained.",
+        help="explain predictions: per image a heat-map overlay PNG and the raw map, and a JSON with the top-5 predictions",
+        description="Explain the model's prediction on each image. Writes OUT/<image>_<method>.png (heat map over "
+        "the image), the raw map (OUT/<image>_<method>.npy, or one OUT/maps.npz / maps.safetensors) and "
+        f"OUT/{SUMMARY_FILE} (top-5 predictions, explained class, method, options). Without images, the "
+        "bundled sample images are explained.",
     )
     explain.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders (default: the bundled samples)")
-    _add_model_options(explain)
-    explain.add_argument(
-        "--method",
-        default=DEFAULT_METHOD,
-        help=f"explanation method (default: {DEFAULT_METHOD}); 'attnlens methods' lists them",
-    )
-    _add_explain_options(explain)
-    explain.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    add_model_flags(explain)
+    add_output_flags(explain)
+    add_batch_flags(explain, 8)
+    explain.add_argument("--method", default=DEFAULT_METHOD, help=f"explanation method (default: {DEFAULT_METHOD}); 'attnlens methods' lists them")
+    _add_target_flag(explain)
+    _add_overlay_flags(explain)
+    explain.add_argument("--maps", choices=MAP_FORMATS, default="npy", help="how the raw maps are saved (default: npy, one file per image)")
+    add_schema_flags(explain, method_schemas())
+    explain.set_defaults(handler=run_explain)
 
+
+def _add_compare_parser(commands) -> None:
     compare = commands.add_parser(
         "compare",
         help="one figure: the image and the maps of several methods side by side, with the top-5 predictions",
-        description="Draw the image, then the heat maps of the chosen methods side by side, with the "
-        "model's top-5 predictions. Writes OUT/<image>_compare.png.",
+        description="Draw the image, then the heat maps of the chosen methods side by side, with the model's "
+        "top-5 predictions. Writes OUT/<image>_compare.png. Each option goes to the chosen methods that take it.",
     )
     compare.add_argument("image", metavar="IMAGE", help="image file")
-    _add_model_options(compare)
-    compare.add_argument(
-        "--methods",
-        default=None,
-        help="comma-separated method names (default: all registered methods)",
-    )
-    _add_explain_options(compare)
+    add_model_flags(compare)
+    add_output_flags(compare)
+    compare.add_argument("--methods", default=None, help="comma-separated method names (default: all registered methods)")
+    _add_target_flag(compare)
+    _add_overlay_flags(compare)
+    add_schema_flags(compare, method_schemas())
+    compare.set_defaults(handler=run_compare)
 
-    commands.add_parser("methods", help="list the explanation methods with a one-line description each")
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``attnlens`` parser: every sub-command, its shared flags and its generated option flags."""
+    parser = Parser(prog="attnlens", description="Explain, probe and guide attention in vision transformers.")
+    add_debug_flag(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_explain_parser(commands)
+    _add_compare_parser(commands)
+    methods = commands.add_parser("methods", help="list the explanation methods and their options")
+    methods.add_argument("--json", action="store_true", help="print every method's and probe's option schema as JSON (for forms)")
+    add_debug_flag(methods)
+    methods.set_defaults(handler=run_methods)
     info = commands.add_parser("info", help="describe a model: family, token layout, layers, labels")
-    _add_model_options(info)
-
-    for add_parser in _extension_parsers():
-        add_parser(commands)
+    add_model_flags(info)
+    info.set_defaults(handler=run_info)
+    add_probe_parser(commands)
+    add_clip_parser(commands)
+    add_diffusion_parsers(commands)
     return parser
 
 
-def _extension_parsers() -> list:
-    """Sub-commands contributed by subpackages (probe, clip)."""
-    found = []
-    for module_name, function in (("attnlens.probe.cli", "add_probe_parser"), ("attnlens.clip.cli", "add_clip_parser")):
-        try:
-            module = __import__(module_name, fromlist=[function])
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        found.append(getattr(module, function))
-    return found
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-
-
-def _load_model(args: argparse.Namespace):
-    from attnlens.loading import load
-
-    return load(args.model, device=args.device, allow_pickle=args.allow_pickle)
-
-
-def _parse_target(target: str | None) -> int | str | None:
+def parse_target(target: str | None) -> int | str | None:
+    """``--target`` text: an int index, or a label name."""
     if target is None:
         return None
     return int(target) if target.lstrip("-").isdigit() else target
 
 
-def _method_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
-    from attnlens.explain import get_method
-
-    if args.start_layer is None:
-        return {}
-    if "start_layer" not in get_method(method).defaults:
-        return {}
-    return {"start_layer": args.start_layer}
-
-
-def _png_bytes(image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    stems: list[str] = []
-    for path in paths:
-        stem = path.stem
-        candidate, number = stem, 2
-        while candidate in stems:
-            candidate, number = f"{stem}_{number}", number + 1
-        stems.append(candidate)
-    return stems
-
-
+@command
 def run_explain(args: argparse.Namespace) -> int:
-    from attnlens.explain import explain, get_method
-    from attnlens.images import list_image_files, load_images
+    """``attnlens explain``: :func:`attnlens.app.explain.explain_files`."""
     from attnlens.loading import sample_images
-    from attnlens.viz.io import write_bytes_atomic
 
-    _set_threads(args.threads)
-    get_method(args.method)
-    paths = list_image_files(args.images) if args.images else sample_images()
-    if args.batch_size < 1:
-        raise AttnLensError(f"--batch-size must be >= 1, got {args.batch_size}")
-    arrays = load_images(paths)
-    model = _load_model(args)
-    options = _method_options(args, args.method)
-    target = _parse_target(args.target)
-    stems = _unique_stems(paths)
-    outputs: list[tuple[Path, bytes]] = []
-    records: list[dict[str, Any]] = []
-    for start in range(0, len(arrays), args.batch_size):
-        chunk = arrays[start : start + args.batch_size]
-        explanation = explain(model, chunk, method=args.method, target=target, size=args.size, **options)
-        predictions = _top5(model, explanation)
-        for row, overlay in enumerate(explanation.overlay(chunk)):
-            index = start + row
-            png = Path(args.out) / f"{stems[index]}_{args.method}.png"
-            outputs.append((png, _png_bytes(overlay)))
-            records.append(
-                {
-                    "image": str(paths[index]),
-                    "overlay": png.name,
-                    "method": args.method,
-                    "options": explanation.options,
-                    "target": {"index": int(explanation.targets[row]), "label": explanation.target_names[row]},
-                    "top5": predictions[row],
-                }
-            )
-    summary = {"model": model.source, "method": args.method, "images": records}
-    outputs.append((Path(args.out) / "explanations.json", json.dumps(summary, indent=2).encode()))
-    for path, data in outputs:
-        write_bytes_atomic(path, data)
-    for record in records:
+    options = parse_assignments(method_schemas([args.method]), option_values(args))
+    inputs = args.images or sample_images()
+    out = Path(out_folder(args))
+    run = explain_files(
+        load_model(args), inputs, method=args.method, target=parse_target(args.target), options=options,
+        size=size_of(args), batch_size=args.batch_size, out=out, alpha=args.alpha, colormap=args.colormap,
+        maps=args.maps, progress=progress_of(args),
+    )
+    for record in run.records:
         top = record["top5"][0] if record["top5"] else {"label": "-", "probability": float("nan")}
-        print(f"{record['image']}: {top['label']} ({top['probability']:.3f}) -> {Path(args.out) / record['overlay']}")
-    print(f"wrote {len(records)} overlay(s) and {Path(args.out) / 'explanations.json'}")
+        print(f"{record['image']}: {top['label']} ({top['probability']:.3f}) -> {out / record['overlay']}")
+    print(f"wrote {len(run.records)} overlay(s) and {out / SUMMARY_FILE}")
     return 0
 
 
-def _top5(model, explanation) -> list[list[dict[str, Any]]]:
-    if explanation.logits is None:
-        return [[] for _ in range(len(explanation))]
-    probabilities = explanation.logits.float().softmax(-1)
-    values, indices = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1)
-    per_image = [
-        [{"index": int(i), "label": model.id2label.get(int(i), str(int(i))), "probability": round(float(v), 6)} for v, i in zip(vs, ids)]
-        for vs, ids in zip(values, indices)
-    ]
-    return [per_image[int(i)] for i in explanation.image_index]
-
-
+@command
 def run_compare(args: argparse.Namespace) -> int:
-    from attnlens.explain import methods
-    from attnlens.images import load_images
-    from attnlens.viz.compare import compare_figure
-    from attnlens.viz.io import save_figure
-
-    _set_threads(args.threads)
-    chosen = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else list(methods())
-    load_images([args.image])
-    model = _load_model(args)
-    options = {} if args.start_layer is None else {"start_layer": args.start_layer}
-    figure = compare_figure(model, args.image, methods=chosen, target=_parse_target(args.target), size=args.size, **options)
-    path = Path(args.out) / f"{Path(args.image).stem}_compare.png"
-    save_figure(figure, path)
-    print(f"wrote {path}")
+    """``attnlens compare``: :func:`attnlens.app.explain.compare_file`."""
+    chosen = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else None
+    options = parse_assignments(method_schemas(chosen), option_values(args))
+    run = compare_file(
+        load_model(args), args.image, methods=chosen, target=parse_target(args.target), options=options,
+        size=size_of(args), out=out_folder(args), alpha=args.alpha, colormap=args.colormap,
+    )
+    print(f"wrote {run.files[0]}")
     return 0
 
 
+@command
 def run_methods(args: argparse.Namespace) -> int:
-    from attnlens.explain import methods
-
-    listing = methods()
-    width = max(map(len, listing))
-    for name, description in listing.items():
-        print(f"{name:<{width}}  {description}")
+    """``attnlens methods``: each method, its description and its options (``--json``: the schemas)."""
+    described = describe_methods()
+    if args.json:
+        print(json.dumps({"methods": described, "probes": describe_probes()}, indent=2))
+        return 0
+    width = max(map(len, described))
+    schemas = method_schemas(described)
+    for name, entry in described.items():
+        print(f"{name:<{width}}  {entry['description']}")
+        for option in schemas[name]:
+            print(f"{'':<{width}}    {option.summary()}")
     return 0
 
 
+@command
 def run_info(args: argparse.Namespace) -> int:
-    model = _load_model(args)
+    """``attnlens info``: family, token layout, attention layers and labels of a model."""
+    model = load_model(args)
     print(f"model:   {model.source}")
     print(f"class:   {type(model.module).__name__} (family {model.family.name})")
     if not model.family.windowed:
@@ -277,26 +178,10 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    handlers = {"explain": run_explain, "compare": run_compare, "methods": run_methods, "info": run_info}
-    if args.command in handlers:
-        return handlers[args.command](args)
-    return args.handler(args)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return _dispatch(args)
-    except (AttnLensError, OSError) as error:
-        if args.debug:
-            raise
-        print(f"attnlens: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("attnlens: interrupted", file=sys.stderr)
-        return 130
+    """Parse ``argv`` and run the sub-command; returns the exit status (usage errors exit 2)."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from attnlens.errors import ModelLoadError, UnsafeCheckpointError
-from attnlens.model import AttnLensModel
+from attnlens.model import AttnLensModel, as_model, family_of
+from attnlens.processors import default_processor, resize_normalize_processor
 
 DEFAULT_MODEL = "default"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -138,7 +139,7 @@ def _load_processor(source: str, module: nn.Module, hub_kwargs: dict[str, Any]):
     try:
         return transformers.AutoImageProcessor.from_pretrained(source, backend="pil", **hub_kwargs)
     except (OSError, ValueError, TypeError, KeyError):
-        return default_processor(module)
+        return default_processor(module, family_of(module))
 
 
 def _load_tokenizer(source: str, config, hub_kwargs: dict[str, Any]):
@@ -150,31 +151,6 @@ def _load_tokenizer(source: str, config, hub_kwargs: dict[str, Any]):
         return transformers.AutoTokenizer.from_pretrained(source, **hub_kwargs)
     except (OSError, ValueError, TypeError, KeyError, ImportError):  # ImportError: e.g. no sentencepiece
         return None
-
-
-def default_processor(module: nn.Module):
-    """A processor for models that ship none: resize to the model's size, normalise with 0.5/0.5."""
-    from attnlens.model import family_of
-
-    family = family_of(module)
-    height, width = family.image_size(module)
-    return resize_normalize_processor((height, width), mean=(0.5,) * 3, std=(0.5,) * 3)
-
-
-def resize_normalize_processor(size: tuple[int, int], mean, std, resample: int = 2):
-    """A plain processor: resize to ``size`` (H, W), rescale to [0, 1], normalise per channel.
-
-    Uses transformers' PIL backend (no torchvision needed) where the installed version has it.
-    """
-    import transformers
-
-    cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
-    return cls(
-        size={"height": int(size[0]), "width": int(size[1])},
-        image_mean=list(mean),
-        image_std=list(std),
-        resample=resample,
-    )
 
 
 def _load_timm(name: str, allow_pickle: bool, options: dict[str, Any]) -> AttnLensModel:
@@ -224,8 +200,6 @@ def load(
         An :class:`AttnLensModel` in eval mode.
     """
     if isinstance(source, nn.Module):
-        from attnlens.model import as_model
-
         model = as_model(source)
     elif source is None or str(source) == DEFAULT_MODEL:
         model = _load_hf(str(default_model_path()), False, options)

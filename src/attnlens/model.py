@@ -7,16 +7,21 @@ actual input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from attnlens.adapters import Family, attention_layers, discover_attention_layers, find_family, get_submodule
-from attnlens.capture import AttentionCapture, capture_attention
+from attnlens.adapters.readouts import Readout
+from attnlens.attribution.targets import top_k as predictions
+from attnlens.capture import AttentionCapture, capture_attention, unwrap_module
 from attnlens.errors import InputError, UnsupportedModelError
 from attnlens.images import ImageLike, load_images
+from attnlens.processors import default_processor
 from attnlens.tokens import TokenLayout, grid_for_input
 
 
@@ -32,12 +37,15 @@ def family_of(module: nn.Module) -> Family:
             ) from None
         raise
 
+T = TypeVar("T")
+
 
 class AttnLensModel:
     """A model plus what attnlens needs to interpret it.
 
     Attributes:
-        module: the underlying ``torch.nn.Module`` (full access; attnlens never modifies it).
+        module: the underlying ``torch.nn.Module`` (DataParallel / DDP / ``torch.compile`` / accelerate
+            wrappers removed; full access; attnlens never modifies it).
         family: the adapter describing the model family (see :mod:`attnlens.adapters`).
         processor: the image processor (Hugging Face image processor or compatible callable).
         tokenizer: the text tokenizer for text-image models (CLIP), else ``None``.
@@ -56,14 +64,16 @@ class AttnLensModel:
     ) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
-        self.module = module
-        self.family: Family = family_of(module)
+        self.module = unwrap_module(module)
+        self.family: Family = family_of(self.module)
         self.processor = processor
         self.tokenizer = tokenizer
         config = getattr(module, "config", None)
         labels = id2label if id2label is not None else getattr(config, "id2label", None) or {}
-        self.id2label = {int(index): str(label) for index, label in labels.items()} if self.family.head.pooling != "none" else {}
+        self.id2label = {int(index): str(label) for index, label in labels.items()} if self.family.is_classifier else {}
         self.source = source
+        self._derived: dict[Hashable, tuple[Hashable, Any]] = {}
+        self._derived_lock = threading.Lock()
 
     # ----------------------------------------------------------------- basic properties
     def __repr__(self) -> str:
@@ -161,7 +171,7 @@ class AttnLensModel:
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, num_classes)`` class logits of a classifier."""
-        if self.family.head.pooling == "none":
+        if not self.family.is_classifier:
             raise UnsupportedModelError(
                 f"{type(self.module).__name__} is a backbone without a classification head: it has no logits; "
                 "explain a callable target instead (e.g. a CLS-embedding dimension or a similarity)"
@@ -172,14 +182,63 @@ class AttnLensModel:
     @torch.no_grad()
     def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k ``(label, probability)`` per image."""
-        logits = self.logits(self.preprocess(images)).float()
-        probabilities = logits.softmax(-1)
-        k = min(top_k, probabilities.shape[-1])
-        values, indices = probabilities.topk(k, dim=-1)
-        return [
-            [(self.id2label.get(int(i), str(int(i))), float(v)) for v, i in zip(row_v, row_i)]
-            for row_v, row_i in zip(values, indices)
-        ]
+        rows = predictions(self.logits(self.preprocess(images)), self.id2label, top_k)
+        return [[(entry["label"], entry["probability"]) for entry in row] for row in rows]
+
+    def derived(self, key: Hashable, stamp: Hashable, compute: Callable[[], T]) -> T:
+        """A value derived from the model (e.g. ``|W|`` of a weight), kept on this wrapper.
+
+        Recomputed when ``stamp`` (e.g. the weight's version, storage, dtype and device) differs
+        from the stored one. Thread-safe; the cache lives and dies with this wrapper (no global
+        state), so explaining other models never evicts it.
+        """
+        with self._derived_lock:
+            hit = self._derived.get(key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+            value = compute()
+            self._derived[key] = (stamp, value)
+            return value
+
+    # ----------------------------------------------------------------- capabilities
+    @property
+    def readout(self) -> Readout:
+        """Where predictions are read from: the classifier head's readout, or (backbones) the
+        vision tower's pooled output."""
+        if self.family.head is not None:
+            return self.family.head.readout
+        return self.family.encoder().readout
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the model can do, as methods need it (methods gate on these, never on families).
+
+        * ``global_attention``: one global token sequence (not windowed like Swin);
+        * ``logits``: a classification head (class targets apply);
+        * ``block_parts``: the adapter names every block's parts (the LRP family recomputes them);
+        * ``pixel_relevance``: embeddings and a patch convolution are named (full LRP);
+        * ``image_text``: an image tower and a text tower with a similarity logit (CLIP, SigLIP).
+        """
+        family = self.family
+        found: set[str] = set()
+        if not family.windowed and family.encoders:
+            found.update(("global_attention", "block_parts"))
+            vision = family.encoder()
+            if vision.embeddings is not None and vision.patch_embedding is not None:
+                found.add("pixel_relevance")
+            names = {encoder.name for encoder in family.encoders}
+            if {"vision", "text"} <= names and family.logit_scale is not None:
+                found.add("image_text")
+        if family.is_classifier:
+            found.add("logits")
+        return frozenset(found)
+
+    def require(self, capabilities: Iterable[str], user: str) -> None:
+        """Raise a one-line :class:`UnsupportedModelError` if a capability is missing."""
+        missing = [name for name in capabilities if name not in self.capabilities]
+        if missing:
+            reasons = [CAPABILITY_REASONS.get(name, name) for name in missing]
+            raise UnsupportedModelError(f"{user} cannot run on {type(self.module).__name__}: it {'; it '.join(reasons)}")
 
     # ----------------------------------------------------------------- attention
     def attention_layers(self, encoder: str | None = None) -> list[tuple[str, nn.Module]]:
@@ -190,13 +249,53 @@ class AttnLensModel:
         return capture_attention(self, layers, encoder=encoder, **kwargs)
 
 
+CAPABILITY_REASONS = {
+    "global_attention": "uses windowed (hierarchical) attention, not one global token sequence",
+    "logits": "has no classification head (explain it with a callable target instead)",
+    "block_parts": "has no adapter naming its blocks' parts",
+    "pixel_relevance": "has no adapter naming its embeddings and patch-embedding convolution",
+    "image_text": "is not an image-text model with two towers (load a CLIP or SigLIP model)",
+}
+
+
 def as_model(model: AttnLensModel | nn.Module) -> AttnLensModel:
     """Wrap a plain module (HF or timm) into an :class:`AttnLensModel`; pass wrappers through."""
     if isinstance(model, AttnLensModel):
         return model
     if isinstance(model, nn.Module):
-        from attnlens.loading import default_processor
-
-        return AttnLensModel(model, default_processor(model))
+        inner = unwrap_module(model)
+        return AttnLensModel(inner, default_processor(inner, family_of(inner)))
     raise TypeError(f"expected an attnlens model (attnlens.load) or a torch.nn.Module, got {type(model).__name__}")
 
+
+
+_mode_lock = threading.Lock()
+_mode_users: dict[int, tuple[int, bool]] = {}
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode for the block and restore its mode afterwards.
+
+    Reference counted per module, so that several threads explaining with one model at once all
+    run in eval mode and the last one to leave restores the original mode (a plain
+    ``was = m.training; m.eval(); ...; m.train(was)`` per call would let one thread switch
+    dropout back on under another).
+    """
+    key = id(module)
+    with _mode_lock:
+        users, was_training = _mode_users.get(key, (0, module.training))
+        if users == 0:
+            was_training = module.training
+            module.eval()
+        _mode_users[key] = (users + 1, was_training)
+    try:
+        yield
+    finally:
+        with _mode_lock:
+            users, was_training = _mode_users[key]
+            if users == 1:
+                del _mode_users[key]
+                module.train(was_training)
+            else:
+                _mode_users[key] = (users - 1, was_training)

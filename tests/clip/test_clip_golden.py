@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnlens.clip import explain_clip
-from attnlens.explain.base import min_max
+from attnlens.maps import min_max
 
 from clip_support import clip_model, golden, golden_image, golden_meta  # noqa: F401  (fixtures)
 

@@ -123,3 +123,18 @@ def test_main_cli_dispatches_clip(golden_image, tmp_path, capsys) -> None:
     assert len(list(out.glob("*_overlay.png"))) == 2  # same file twice: unique output names
     assert main(["clip", str(golden_image), "-t", "a dog"]) == 2
     assert "needs a CLIP model" in capsys.readouterr().err
+
+
+def test_cli_error_contract(golden_image, tmp_path, capsys) -> None:
+    from attnlens.cli import main
+    from attnlens.errors import UnsupportedModelError
+
+    out = tmp_path / "out"
+    assert main(["clip", str(golden_image), "-t", "a dog", "--model", str(CLIP_DIR), "--alpha", "3", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("attnlens: error: ") and "alpha" in error and error.count("\n") == 1
+    with pytest.raises(UnsupportedModelError, match="needs a CLIP model"):
+        main(["clip", str(golden_image), "-t", "a dog", "--debug"])
+    with pytest.raises(UnsupportedModelError, match="needs a CLIP model"):
+        main(["--debug", "clip", str(golden_image), "-t", "a dog"])
+    assert not out.exists()

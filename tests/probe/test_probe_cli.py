@@ -121,5 +121,53 @@ def test_errors(tmp_path, capsys):
     assert "block index 9 is out of range: the model has 4 blocks" in capsys.readouterr().err
     assert _run(["probe", "cka", *_common(tmp_path / "few", tmp_path / "o"), "--layer", "vit.layers.0.attention"]) == 2
     assert "no block named 'vit.layers.0.attention'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        _run(["probe", "dino", str(tmp_path / "few"), "--threshold", "1.5"])
+    # option values are checked by the probe's schema: one line, exit status 2 (was an argparse usage error)
+    assert _run(["probe", "dino", *_common(tmp_path / "few", tmp_path / "o"), "--threshold", "1.5"]) == 2
+    error = capsys.readouterr().err
+    assert "option threshold=1.5 is above its maximum 1.0" in error and error.count("\n") == 1
+
+
+def test_probe_flags_are_generated_from_the_schemas(capsys):
+    from attnlens.app.probe import PROBES
+    from attnlens.cli import build_parser
+
+    parser = build_parser()
+    for name, probe in PROBES.items():
+        with pytest.raises(SystemExit):
+            parser.parse_args(["probe", name, "--help"])
+        text = capsys.readouterr().out
+        for option in probe.options:
+            assert "--" + option.name.replace("_", "-") in text
+            if option.type is bool:
+                assert "--no-" + option.name.replace("_", "-") in text
+
+
+def test_option_and_typed_flag_agree(folder, tmp_path):
+    outputs = []
+    for index, extra in enumerate((["--units", "grid", "--layer", "0", "--layer", "-1"], ["--option", "units=grid", "--option", "layer=0,-1"])):
+        out = tmp_path / str(index)
+        with pytest.warns(UserWarning):
+            assert _run(["probe", "mad", *_common(folder, out), *extra]) == 0
+        outputs.append(json.loads((out / "mad.json").read_text()))
+    assert outputs[0] == outputs[1] and outputs[0]["unit"] == "grid" and len(outputs[0]["layers"]) == 2
+
+
+def test_probe_debug_raises_before_or_after_the_command(tmp_path, capsys):
+    from attnlens.cli import main
+    from attnlens.errors import InputError
+
+    (tmp_path / "empty").mkdir()
+    argv = ["mad", *_common(tmp_path / "empty", tmp_path / "o")]
+    assert main(["probe", *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("attnlens: error: ") and "no image files" in error and error.count("\n") == 1
+    with pytest.raises(InputError, match="no image files"):
+        main(["probe", *argv, "--debug"])
+    with pytest.raises(InputError, match="no image files"):
+        main(["--debug", "probe", *argv])
+    assert main(["probe", *argv, "--option", "kernel=rbf"]) == 2
+    assert "probe 'mad' has no option 'kernel'; its options: layer, units, renormalize" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a flag of another probe is a usage error, in one line
+        main(["probe", *argv, "--kernel", "rbf"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unrecognized arguments: --kernel rbf" in error and error.count("\n") == 1

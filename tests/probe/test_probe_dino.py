@@ -88,7 +88,7 @@ def test_heads_mean_and_upsampling(vit):
     torch.testing.assert_close(head_mean_map(maps), maps.mean(1))
     with pytest.raises(attnlens.InputError, match="out of range"):
         select_heads(maps, [4])
-    up = upsample_maps(maps, vit.token_layout(x).image_size)
+    up = upsample_maps(maps, vit.token_layout(x).image_size, mode="nearest")
     assert up.shape == (2, 4, 32, 32)
     torch.testing.assert_close(up[..., ::8, ::8], maps)
     assert upsample_maps(maps, scale_factor=8).shape == (2, 4, 32, 32)

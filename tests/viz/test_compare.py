@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 import attnlens
 from attnlens.capture import patches_installed
 from attnlens.errors import InputError, UnsupportedModelError
-from attnlens.explain import Method, methods
-from attnlens.explain import base as explain_base
+from attnlens.explainers import Method, methods
+from attnlens.explainers import base as explain_base
 from attnlens.viz.compare import compare_figure
 from attnlens.viz.io import save_figure
 

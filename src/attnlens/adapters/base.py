@@ -9,10 +9,11 @@ special-case a model class.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
+from attnlens.adapters.readouts import CLS_TOKEN, Readout
 from attnlens.errors import InputError, UnsupportedModelError
 
 
@@ -49,9 +50,6 @@ class BlockParts:
     layer_scale2: str | None = None
 
 
-READOUTS = ("cls", "eos", "last", "attention_pool")
-
-
 @dataclass(frozen=True)
 class Encoder:
     """One transformer encoder (tower) of a model.
@@ -72,13 +70,11 @@ class Encoder:
         attention_bias: ``(model, block_index, layout, interpolate) -> (1, H, T, T) or None``, the
             additive attention-score bias of a block (BEiT's relative position bias), for methods
             that recompute attention from the block's parts.
-        readout: where the tower's pooled output is read from (used by the two-tower
-            explanations, :mod:`attnlens.clip`): ``"cls"`` the class token (CLIP vision), ``"eos"``
-            the first end-of-text token (CLIP text), ``"last"`` the last position of the padded
-            sequence (SigLIP text), ``"attention_pool"`` an attention-pooling head whose learned
-            probe query attends over all final tokens (SigLIP vision; see ``pool_attention``).
-        pool_attention: path of the attention module of the attention-pooling head (an
-            ``nn.MultiheadAttention`` with one query), for ``readout="attention_pool"``.
+        readout: the :class:`~attnlens.adapters.readouts.Readout` of the tower's pooled output
+            (used by backbones explained through a callable target and by the two-tower
+            explanations): the class token (CLIP vision), the end-of-text token (CLIP text), the
+            last position of the padded sequence (SigLIP text), or an attention-pooling head
+            (SigLIP vision; :class:`~attnlens.adapters.readouts.AttentionPool` names its module).
         text_prefix_tokens: text towers: number of special tokens before the text (CLIP's
             start-of-text: 1; SigLIP: 0).
         pad_to_context: text towers: pad every text to the context length (SigLIP was trained so
@@ -97,17 +93,10 @@ class Encoder:
     causal: bool = False
     position_embedding: str | None = None
     attention_bias: Callable | None = None
-    readout: str = "cls"
-    pool_attention: str | None = None
+    readout: Readout = CLS_TOKEN
     text_prefix_tokens: int = 1
     pad_to_context: bool = False
     attention_mask: bool = True
-
-    def __post_init__(self) -> None:
-        if self.readout not in READOUTS:
-            raise ValueError(f"unknown readout {self.readout!r}; valid: {READOUTS}")
-        if (self.readout == "attention_pool") != (self.pool_attention is not None):
-            raise ValueError("readout='attention_pool' needs pool_attention (and only it uses one)")
 
     def block_modules(self, model: nn.Module) -> list[nn.Module]:
         return list(get_submodule(model, self.blocks))
@@ -120,29 +109,28 @@ class Encoder:
         ]
 
 
-POOLINGS = ("cls", "cls_distillation_average", "mean_patches", "cls_mean_patches", "none")
-
-
 @dataclass(frozen=True)
 class Head:
-    """How a classifier turns the final token states into logits.
+    """A classifier on the final tokens: ``logits = readout.combine([c(x) for c, x in
+    zip(classifiers, readout.pool(final_norm(tokens)))])``, with ``pool_norm`` applied to the pooled
+    input first where the model has one (BEiT's mean-pooling norm).
 
-    ``pooling``:
-        * ``"cls"``: ``classifiers[0](final_norm(x)[cls])`` (ViT, DeiT without teacher, CLIP);
-        * ``"cls_distillation_average"``: mean of ``classifiers[0]`` on CLS and ``classifiers[1]``
-          on the distillation token (DeiT with teacher);
-        * ``"mean_patches"``: ``classifiers[0](pool_norm(mean(patches)))`` (BEiT);
-        * ``"cls_mean_patches"``: ``classifiers[0](concat(cls, mean(patches)))`` (DINOv2);
-        * ``"none"``: a backbone without classifier (targets must be callables).
+    Attributes:
+        readout: the :class:`~attnlens.adapters.readouts.Readout` (class token, CLS + distillation
+            average, mean of patches, CLS + mean of patches, ...).
+        classifiers: paths of the ``nn.Linear`` classifier(s), one per readout input.
+        pool_norm: path of a norm applied to the pooled input, if any.
     """
 
-    pooling: str
-    classifiers: tuple[str, ...] = ()
+    readout: Readout
+    classifiers: tuple[str, ...]
     pool_norm: str | None = None
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {self.pooling!r}; valid: {POOLINGS}")
+        if len(self.classifiers) != self.readout.num_classifiers:
+            raise ValueError(
+                f"readout {self.readout.name!r} needs {self.readout.num_classifiers} classifier(s), got {self.classifiers}"
+            )
 
 
 @dataclass(frozen=True)
@@ -156,7 +144,7 @@ class Family:
         prefix_roles: ``model -> roles of the vision prefix tokens`` (see :mod:`attnlens.tokens`).
         patch_size: ``model -> (ph, pw)``.
         image_size: ``model -> (H, W)`` default input size.
-        head: the classifier head (``Head("none")`` for backbones).
+        head: the classifier head (``None`` for backbones, which have no logits).
         interpolate_kwarg: name of the forward keyword that enables position-embedding
             interpolation for other input sizes (``None`` if the model always interpolates).
         windowed: attention is windowed/hierarchical (Swin): global methods do not apply.
@@ -174,13 +162,17 @@ class Family:
     prefix_roles: Callable[[nn.Module], tuple[str, ...]]
     patch_size: Callable[[nn.Module], tuple[int, int]]
     image_size: Callable[[nn.Module], tuple[int, int]]
-    head: Head = field(default_factory=lambda: Head("none"))
+    head: Head | None = None
     interpolate_kwarg: str | None = "interpolate_pos_encoding"
     windowed: bool = False
     pixel_argument: str | None = "pixel_values"
     image_module: str | None = None
     logit_scale: str | None = "logit_scale"
     logit_bias: str | None = None
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.head is not None
 
     def encoder(self, name: str | None = None) -> Encoder:
         """The encoder called ``name`` (default: the vision encoder, else the first)."""

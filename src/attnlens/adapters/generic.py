@@ -43,3 +43,22 @@ def attention_layers(model: nn.Module, encoder: str | None = None) -> list[tuple
     if not family.encoders:  # windowed / hierarchical models: no single token sequence
         return discover_attention_layers(model)
     return family.encoder(encoder).attention_layers(model)
+
+
+def named_attention_layers(model: nn.Module, encoder: str | None = None) -> list[tuple[str, str, nn.Module]]:
+    """``(canonical name, module path, module)`` of the attention layers of ``model``, in order.
+
+    Canonical names do not depend on how a library names its modules: with an adapter whose family
+    has one encoder they are ``blocks.{i}.attn``; with several encoders (CLIP, SigLIP)
+    ``{encoder}.blocks.{i}.attn`` (``encoder`` as in :func:`attention_layers`). Models without an
+    adapter (or windowed ones) use the module path.
+    """
+    layers = attention_layers(model, encoder)
+    try:
+        family = find_family(model)
+    except UnsupportedModelError:
+        family = None
+    if family is None or not family.encoders:
+        return [(path, path, module) for path, module in layers]
+    prefix = f"{family.encoder(encoder).name}." if len(family.encoders) > 1 else ""
+    return [(f"{prefix}blocks.{index}.attn", path, module) for index, (path, module) in enumerate(layers)]

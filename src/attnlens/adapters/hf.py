@@ -8,6 +8,15 @@ from dataclasses import replace
 from torch import nn
 
 from attnlens.adapters.base import BlockParts, Encoder, Family, Head, get_submodule, register_family, to_pair
+from attnlens.adapters.readouts import (
+    CLS_DISTILLATION_AVERAGE,
+    CLS_MEAN_PATCHES,
+    CLS_TOKEN,
+    END_OF_TEXT,
+    LAST_TOKEN,
+    MEAN_PATCHES,
+    AttentionPool,
+)
 from attnlens.tokens import CLS, DISTILLATION, REGISTER
 
 
@@ -155,17 +164,17 @@ def _dinov2_roles(model: nn.Module) -> tuple[str, ...]:
 
 
 # --- ViT -------------------------------------------------------------------------------------
-_vit_family("hf-vit", "vit", "vit", Head("cls", ("classifier",)))
+_vit_family("hf-vit", "vit", "vit", Head(CLS_TOKEN, ("classifier",)))
 _backbone_family("hf-vit-backbone", "vit", ("ViTModel",))
 
 # --- DeiT (CLS + distillation token) -------------------------------------------------------
-_vit_family("hf-deit", "deit", "deit", Head("cls", ("classifier",)), _deit_roles)
+_vit_family("hf-deit", "deit", "deit", Head(CLS_TOKEN, ("classifier",)), _deit_roles)
 _register(
     name="hf-deit-distilled",
     matches=_is("deit", "DeiTForImageClassificationWithTeacher"),
     encoders=(_vit_like_encoder("deit."),),
     prefix_roles=_deit_roles,
-    head=Head("cls_distillation_average", ("cls_classifier", "distillation_classifier")),
+    head=Head(CLS_DISTILLATION_AVERAGE, ("cls_classifier", "distillation_classifier")),
 )
 _backbone_family("hf-deit-backbone", "deit", ("DeiTModel",), prefix_roles=_deit_roles)
 
@@ -174,13 +183,13 @@ _register(
     name="hf-beit",
     matches=lambda m: _is("beit", "BeitForImageClassification")(m) and bool(_config(m).use_mean_pooling),
     encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
-    head=Head("mean_patches", ("classifier",), pool_norm="beit.pooler.layernorm"),
+    head=Head(MEAN_PATCHES, ("classifier",), pool_norm="beit.pooler.layernorm"),
 )
 _register(
     name="hf-beit-cls",
     matches=lambda m: _is("beit", "BeitForImageClassification")(m) and not bool(_config(m).use_mean_pooling),
     encoders=(_vit_like_encoder("beit.", BEIT_BLOCK, _beit_attention_bias("beit.")),),
-    head=Head("cls", ("classifier",)),
+    head=Head(CLS_TOKEN, ("classifier",)),
 )
 _backbone_family("hf-beit-backbone", "beit", ("BeitModel",), block=BEIT_BLOCK, attention_bias=_beit_attention_bias(""))
 
@@ -192,7 +201,7 @@ for _type, _prefix in (("dinov2", "Dinov2"), ("dinov2_with_registers", "Dinov2Wi
         matches=_is(_type, f"{_prefix}ForImageClassification"),
         encoders=(_vit_like_encoder(f"{_type}.", DINOV2_BLOCK, blocks="encoder.layer"),),
         prefix_roles=_dinov2_roles,
-        head=Head("cls_mean_patches", ("classifier",)),
+        head=Head(CLS_MEAN_PATCHES, ("classifier",)),
         interpolate_kwarg=None,
     )
 
@@ -218,13 +227,12 @@ CLIP_TEXT = Encoder(
     embeddings="text_model.embeddings",
     final_norm="text_model.final_layer_norm",
     causal=True,
-    readout="eos",
+    readout=END_OF_TEXT,
 )
 _register(
     name="hf-clip",
     matches=_is("clip", "CLIPModel"),
     encoders=(CLIP_VISION, CLIP_TEXT),
-    head=Head("none"),
     image_module="vision_model",
 )
 _register(
@@ -247,13 +255,12 @@ def _no_prefix(model: nn.Module) -> tuple[str, ...]:
 SIGLIP_VISION = replace(
     _clip_vision_encoder("vision_model."),
     pre_norm=None,
-    readout="attention_pool",
-    pool_attention="vision_model.head.attention",
+    readout=AttentionPool("vision_model.head.attention"),
 )
 SIGLIP_TEXT = replace(
     CLIP_TEXT,
     causal=False,
-    readout="last",
+    readout=LAST_TOKEN,
     text_prefix_tokens=0,
     pad_to_context=True,
     attention_mask=False,
@@ -263,7 +270,6 @@ _register(
     matches=_is("siglip", "SiglipModel"),
     encoders=(SIGLIP_VISION, SIGLIP_TEXT),
     prefix_roles=_no_prefix,
-    head=Head("none"),
     image_module="vision_model",
     logit_bias="logit_bias",
 )

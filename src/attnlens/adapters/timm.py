@@ -6,9 +6,12 @@ the adapter costs nothing where timm is not installed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from attnlens.adapters.base import BlockParts, Encoder, Family, Head, register_family, to_pair
+from attnlens.adapters.readouts import CLS_DISTILLATION_AVERAGE, CLS_TOKEN, MEAN_PATCHES, AttentionPool, Readout
 from attnlens.tokens import CLS, DISTILLATION, REGISTER
 
 TIMM_BLOCK = BlockParts(
@@ -56,24 +59,46 @@ def _image(model: nn.Module) -> tuple[int, int]:
     return to_pair(model.patch_embed.img_size)
 
 
-def _pooling(model: nn.Module) -> str:
-    return {"token": "cls", "avg": "mean_patches", "": "none"}.get(getattr(model, "global_pool", "token"), "none")
+def _global_pool(model: nn.Module) -> str:
+    return str(getattr(model, "global_pool", "token") or "")
 
 
-for _pool in ("cls", "mean_patches", "none"):
-    register_family(
-        Family(
-            name=f"timm-vit-{_pool}",
-            matches=lambda m, pool=_pool: _is_timm_vit(m, ("VisionTransformer",)) and _pooling(m) == pool,
-            encoders=(TIMM_ENCODER,),
-            prefix_roles=_prefix_roles,
-            patch_size=_patch,
-            image_size=_image,
-            head=Head(_pool, ("head",) if _pool != "none" else (), pool_norm="fc_norm" if _pool == "mean_patches" else None),
-            interpolate_kwarg=None,
-        pixel_argument=None,
-        )
-    )
+def _has_classifier(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "head", None), nn.Linear)
+
+
+_TIMM_READOUTS: dict[str, Readout] = {
+    "token": CLS_TOKEN,
+    "avg": MEAN_PATCHES,
+    "map": AttentionPool("attn_pool.attn"),
+}
+
+
+def _timm_vit_families() -> None:
+    """One family per ``global_pool`` (token, avg, map) and per classifier / backbone
+    (``num_classes=0`` gives an ``nn.Identity`` head: a backbone whose tower readout is the pool)."""
+    for pool, readout in _TIMM_READOUTS.items():
+        encoder = replace(TIMM_ENCODER, readout=readout)
+        pool_norm = "fc_norm" if pool != "token" else None
+        for classifier in (True, False):
+            register_family(
+                Family(
+                    name=f"timm-vit-{pool}" + ("" if classifier else "-backbone"),
+                    matches=lambda m, pool=pool, classifier=classifier: _is_timm_vit(m, ("VisionTransformer",))
+                    and _global_pool(m) == pool
+                    and _has_classifier(m) == classifier,
+                    encoders=(encoder,),
+                    prefix_roles=_prefix_roles,
+                    patch_size=_patch,
+                    image_size=_image,
+                    head=Head(readout, ("head",), pool_norm=pool_norm) if classifier else None,
+                    interpolate_kwarg=None,
+                    pixel_argument=None,
+                )
+            )
+
+
+_timm_vit_families()
 register_family(
     Family(
         name="timm-deit-distilled",
@@ -82,7 +107,7 @@ register_family(
         prefix_roles=_prefix_roles,
         patch_size=_patch,
         image_size=_image,
-        head=Head("cls_distillation_average", ("head", "head_dist")),
+        head=Head(CLS_DISTILLATION_AVERAGE, ("head", "head_dist")),
         interpolate_kwarg=None,
         pixel_argument=None,
     )

@@ -1,337 +1,250 @@
-"""Record the attention probabilities of any transformer, however it computes attention.
+"""The capture context manager: selects layers, installs a backend for each, records and edits.
 
-:class:`AttentionCapture` is a context manager. While it is active, every selected attention layer
-of the model runs inside a *scope* (a forward pre-hook opens it, a forward hook closes it). Inside a
-scope, the attention computation is intercepted at the two places every implementation goes
-through:
+While an :class:`AttentionCapture` is active, every call of a selected attention layer in the
+thread that entered it runs inside a *scope* (:mod:`attnlens.capture.scopes`). The layer's backend
+computes the probabilities explicitly and hands them to the capture, which records them and, with
+``edit``, replaces them before they are applied to the values:
 
-* fused attention, ``torch.nn.functional.scaled_dot_product_attention`` (Hugging Face ``sdpa``,
-  timm ``fused_attn``, diffusers, ``nn.MultiheadAttention(need_weights=False)``): the call is
-  answered by an explicit computation that also returns the probabilities;
-* eager attention (Hugging Face ``eager``, timm without fused attention, ``nn.MultiheadAttention``
-  with weights): the first softmax over the key axis is the probability matrix and is recorded.
+* ``"processor"``: diffusers ``Attention`` modules with a default processor get a
+  :class:`~attnlens.capture.processors.CaptureProcessor` (default for them);
+* ``"interception"``: everything else; SDPA and the first softmax over the keys are intercepted
+  (:mod:`attnlens.capture.interception`).
 
-``nn.MultiheadAttention``'s native fast path (inference only) computes attention in one C++ call,
-so it is switched off while capturing. The recorded probabilities are ordinary tensors of the
-autograd graph: after a backward pass their gradients are in :attr:`AttentionRecord.grad`. All
-hooks and patches are removed on exit, also when an exception escapes the block.
+The probabilities are ordinary tensors of the autograd graph: after a backward pass their gradients
+are in :attr:`AttentionRecord.grad`. All hooks, patches and processors are removed on exit, also
+when an exception escapes the block. Captures nest, and captures in different threads (even on the
+same model) each see only their own thread's forward passes.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attnlens.capture.kernel import eager_attention
+from attnlens.capture.interception import interception_patches, patches_installed
+from attnlens.capture.processors import install_processor, supports_processor
+from attnlens.capture.records import AttentionRecord, EditFn, checked_edit
+from attnlens.capture.resolve import as_subject
+from attnlens.capture.scopes import discard_scopes, watch
+from attnlens.capture.selection import LayerSelection, Resolutions, filter_layers, parse_resolutions, select_layers
+from attnlens.capture.subjects import AttentionLayer, ModuleSubject, QueryGrids, Subject
 from attnlens.errors import AttentionNotFoundError, InputError
 
+AUTO, PROCESSOR, INTERCEPTION = "auto", "processor", "interception"
+BACKENDS = (AUTO, PROCESSOR, INTERCEPTION)
 
-@dataclass
-class AttentionRecord:
-    """One call of one attention layer.
-
-    Attributes:
-        layer: index of the layer among the model's attention layers (0 = first).
-        name: qualified module name of the layer.
-        probs: ``(batch, heads, queries, keys)`` attention probabilities (post-softmax, pre-dropout).
-        grad: gradient of the backward pass's objective w.r.t. ``probs``, once available.
-    """
-
-    layer: int
-    name: str
-    probs: torch.Tensor
-    grad: torch.Tensor | None = None
+__all__ = ["AttentionCapture", "AttentionRecord", "patches_installed", "select_layers"]
 
 
-@dataclass
-class _Scope:
-    capture: "AttentionCapture"
-    layer: int
-    name: str
-    num_heads: int | None
-    recorded: bool = False
-
-
-_state = threading.local()
-
-
-def _scopes() -> list[_Scope]:
-    if not hasattr(_state, "scopes"):
-        _state.scopes = []
-    return _state.scopes
-
-
-def _open_scope() -> _Scope | None:
-    """The innermost attention scope that has not recorded yet, if any."""
-    scopes = _scopes()
-    if scopes and not scopes[-1].recorded:
-        return scopes[-1]
-    return None
-
-
-_ORIGINAL_SDPA = F.scaled_dot_product_attention
-_ORIGINAL_TENSOR_SOFTMAX = torch.Tensor.softmax
-_ORIGINAL_TORCH_SOFTMAX = torch.softmax
-
-
-def _intercepted_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    scope = _open_scope()
-    if scope is None:
-        return _ORIGINAL_SDPA(
-            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
-        )
-    scope.recorded = True  # the kernel's own softmax must not be recorded a second time
-    output, probabilities = eager_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    scope.capture._record(scope, probabilities)
-    return output
-
-
-def _softmax_dim(args: tuple, kwargs: dict) -> int | None:
-    if "dim" in kwargs:
-        return kwargs["dim"]
-    return args[0] if args else None
-
-
-def _record_softmax(input: torch.Tensor, output: torch.Tensor, dim: int | None) -> None:
-    scope = _open_scope()
-    if scope is None or dim is None or input.dim() < 3:
-        return
-    if dim not in (-1, input.dim() - 1):
-        return
-    scope.capture._record(scope, output)
-
-
-def _headed_softmax(original: Callable, input: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Softmax of a ``(B*H, Q, K)`` score tensor (``nn.MultiheadAttention`` with weights) computed as
-    ``(B, H, Q, K)`` and recorded so, the result returned as a view of the recorded tensor.
-
-    Recording a reshaped *copy-view* of the softmax output instead would leave it off the path to
-    the layer's output, so no gradient would ever reach it. ``None`` if not applicable.
-    """
-    scope = _open_scope()
-    dim = _softmax_dim(args, kwargs)
-    if scope is None or input.dim() != 3 or dim not in (-1, 2) or not scope.num_heads:
-        return None
-    if input.shape[0] % scope.num_heads:
-        return None
-    rest = args[1:] if args else ()
-    options = {key: value for key, value in kwargs.items() if key != "dim"}
-    probabilities = original(input.reshape(-1, scope.num_heads, *input.shape[-2:]), -1, *rest, **options)
-    scope.capture._record(scope, probabilities)
-    return probabilities.reshape(input.shape)
-
-
-def _softmax_interceptor(original: Callable) -> Callable:
-    """A replacement for ``original`` (``Tensor.softmax`` or ``torch.softmax``) that records the
-    attention probabilities while an attention scope is open."""
-
-    def intercepted(input, *args, **kwargs):
-        headed = _headed_softmax(original, input, args, kwargs)
-        if headed is not None:
-            return headed
-        output = original(input, *args, **kwargs)
-        _record_softmax(input, output, _softmax_dim(args, kwargs))
-        return output
-
-    return intercepted
-
-
-_intercepted_tensor_softmax = _softmax_interceptor(_ORIGINAL_TENSOR_SOFTMAX)
-_intercepted_torch_softmax = _softmax_interceptor(_ORIGINAL_TORCH_SOFTMAX)
-
-
-_patch_lock = threading.Lock()
-_patch_users = 0
-_saved_fastpath: list[bool] = []
-
-
-@contextmanager
-def _interception_patches() -> Iterator[None]:
-    """Install the SDPA/softmax interceptors (reference counted) and always remove them."""
-    global _patch_users
-    with _patch_lock:
-        if _patch_users == 0:
-            fastpath = torch.backends.mha.get_fastpath_enabled()
-            F.scaled_dot_product_attention = _intercepted_sdpa
-            torch.Tensor.softmax = _intercepted_tensor_softmax
-            torch.softmax = _intercepted_torch_softmax
-            torch.backends.mha.set_fastpath_enabled(False)
-            _saved_fastpath.append(fastpath)
-        _patch_users += 1
-    try:
-        yield
-    finally:
-        with _patch_lock:
-            _patch_users -= 1
-            if _patch_users == 0:
-                F.scaled_dot_product_attention = _ORIGINAL_SDPA
-                del torch.Tensor.softmax
-                torch.softmax = _ORIGINAL_TORCH_SOFTMAX
-                torch.backends.mha.set_fastpath_enabled(_saved_fastpath.pop())
-
-
-
-def patches_installed() -> bool:
-    """True while any capture's interceptors are installed (for tests and debugging)."""
-    return F.scaled_dot_product_attention is not _ORIGINAL_SDPA or "softmax" in torch.Tensor.__dict__
-
-
-def _num_heads(module: nn.Module) -> int | None:
-    for attribute in ("num_heads", "num_attention_heads", "heads", "n_heads"):
-        value = getattr(module, attribute, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def select_layers(
-    names: Sequence[str], layers: int | str | Sequence[int | str] | None
-) -> list[int]:
-    """Resolve a layer selection (indices, negative indices, module names) to sorted indices."""
-    if layers is None:
-        return list(range(len(names)))
-    if isinstance(layers, (int, str)):
-        layers = [layers]
-    chosen: set[int] = set()
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, (int, str)):
-            raise InputError(f"layer {layer!r} must be an int index or a module name")
-        if isinstance(layer, str):
-            if layer not in names:
-                raise InputError(f"no attention layer named {layer!r}; attention layers: {list(names)}")
-            chosen.add(names.index(layer))
-        elif -len(names) <= layer < len(names):
-            chosen.add(layer % len(names))
-        else:
-            raise InputError(
-                f"attention layer index {layer} is out of range: the model has {len(names)} attention "
-                f"layers (valid: {-len(names)}..{len(names) - 1})"
-            )
-    return sorted(chosen)
+def _store_grad(record: AttentionRecord, grad: torch.Tensor) -> None:
+    record.grad = grad
 
 
 class AttentionCapture:
-    """Context manager recording ``(batch, heads, queries, keys)`` attention probabilities.
+    """Context manager recording (and optionally editing) ``(batch, heads, queries, keys)`` attention.
 
     Args:
-        modules: ``(name, module)`` of every attention layer of the model, in order (an adapter's
-            ``attention_layers`` gives them; see :func:`attnlens.capture.capture_attention`).
-        layers: which of them to record: ``None`` (all), indices (negative allowed) or names.
+        modules: a :class:`~attnlens.capture.Subject`, a model (see
+            :func:`attnlens.capture.as_subject`) or the ``(name, module)`` of every attention layer
+            of a model, in order (the names then serve as canonical names and module paths).
+        layers: which layers to touch (see :data:`~attnlens.capture.selection.LayerSelection`):
+            ``None`` (all), indices (negative allowed), canonical names, module paths, glob patterns.
         keep_grad: register tensor hooks so that ``record.grad`` holds the gradient after backward.
         store: keep the records (set ``False`` with ``on_record`` to stream in constant memory).
         on_record: called with each :class:`AttentionRecord` as soon as it is made.
         detach: store detached probabilities (no graph kept; for forward-only probing).
+        edit: ``record -> (B, H, Q, K) tensor or None``, called with the layer's original
+            probabilities; a tensor replaces them in the layer's computation (and in the record,
+            which keeps the original in ``record.original``); ``None`` keeps them.
+        kind: only ``"self"`` or ``"cross"`` attention layers (``None``: both).
+        resolutions: only layers at these downsampling factors / query grids ``(h, w)`` (see
+            :data:`~attnlens.capture.selection.Resolutions`); grids are checked per call, calls at
+            other grids run untouched.
+        backend: ``"auto"`` (processor for diffusers attention with a default processor,
+            interception otherwise), ``"processor"`` or ``"interception"``.
 
     After the block, :attr:`records` holds one record per layer call in call order;
     :attr:`attentions` / :attr:`gradients` give the latest call of each selected layer.
+    :attr:`step` is stamped on every record; a driver may set it, and for subjects with a
+    step-counting input (diffusion UNets) it advances by one after each call of the model.
     """
 
     def __init__(
         self,
-        modules: Sequence[tuple[str, nn.Module]],
-        layers: int | str | Sequence[int | str] | None = None,
+        modules: Subject | Sequence[tuple[str, nn.Module]],
+        layers: LayerSelection = None,
         *,
         keep_grad: bool = True,
         store: bool = True,
         on_record: Callable[[AttentionRecord], None] | None = None,
         detach: bool = False,
+        edit: EditFn | None = None,
+        kind: str | None = None,
+        resolutions: Resolutions = None,
+        backend: str = AUTO,
     ) -> None:
-        if not modules:
+        if isinstance(modules, nn.Module):
+            modules = as_subject(modules)
+        elif not isinstance(modules, Subject):
+            modules = ModuleSubject(None, [(name, name, module) for name, module in modules])
+        self.subject: Subject = modules
+        self._layers: list[AttentionLayer] = list(modules.attention_layers())
+        if not self._layers:
             raise AttentionNotFoundError(
                 "the model has no attention layers attnlens can see (no known attention modules, "
                 "no nn.MultiheadAttention); pass the attention modules explicitly or add an adapter"
             )
-        self._names = [name for name, _ in modules]
-        self._modules = [module for _, module in modules]
-        self.layers = select_layers(self._names, layers)
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        names = [layer.name for layer in self._layers]
+        chosen = select_layers(names, layers, aliases=[layer.module_name for layer in self._layers])
+        self._factors, self._grids = parse_resolutions(resolutions)
+        self.layers: list[int] = filter_layers(self._layers, chosen, kind, self._factors, self._grids)
         self.keep_grad = keep_grad
         self.store = store
         self.on_record = on_record
         self.detach = detach
+        self.edit = edit
+        self.backend = backend
+        self.step = 0
         self.records: list[AttentionRecord] = []
+        self.thread: int | None = None
+        self._query_grids: QueryGrids | None = None
         self._stack: ExitStack | None = None
+
+    # ------------------------------------------------------------------ selected layers
+    @property
+    def selected(self) -> list[AttentionLayer]:
+        """The selected layers' descriptors, in layer order."""
+        return [self._layers[index] for index in self.layers]
+
+    @property
+    def canonical_names(self) -> list[str]:
+        """Canonical names of the selected layers (as in :attr:`AttentionRecord.name`)."""
+        return [layer.name for layer in self.selected]
 
     @property
     def layer_names(self) -> list[str]:
-        return [self._names[index] for index in self.layers]
+        """Module paths of the selected layers (as in :attr:`AttentionRecord.module_name`)."""
+        return [layer.module_name for layer in self.selected]
+
+    def layer_label(self, index: int) -> str:
+        """Canonical name of layer ``index`` (for messages)."""
+        return self._layers[index].name
+
+    # ------------------------------------------------------------------ context manager
+    def _backend_of(self, layer: AttentionLayer) -> str:
+        if self.backend == INTERCEPTION:
+            return INTERCEPTION
+        if supports_processor(layer.module):
+            return PROCESSOR
+        if self.backend == PROCESSOR:
+            raise InputError(
+                f"backend='processor' needs diffusers Attention modules with a default processor; "
+                f"layer {layer.name!r} is a {type(layer.module).__name__}"
+            )
+        return INTERCEPTION
 
     def __enter__(self) -> "AttentionCapture":
         stack = ExitStack()
         try:
-            stack.enter_context(_interception_patches())
-            for index in self.layers:
-                module = self._modules[index]
-                stack.callback(module.register_forward_pre_hook(self._make_pre_hook(index)).remove)
-                stack.callback(module.register_forward_hook(self._post_hook, always_call=True).remove)
+            backends = {index: self._backend_of(self._layers[index]) for index in self.layers}
+            if INTERCEPTION in backends.values():
+                stack.enter_context(interception_patches())
+            for index, backend in backends.items():
+                module = self._layers[index].module
+                if backend == PROCESSOR:
+                    stack.callback(install_processor(module))
+                stack.callback(watch(module, self, index))
+            self._watch_input(stack)
         except BaseException:
             stack.close()
             raise
+        self.thread = threading.get_ident()
+        self._query_grids = None
         self._stack = stack
         return self
 
     def __exit__(self, *exc_info) -> None:
         stack, self._stack = self._stack, None
-        scopes = _scopes()
-        scopes[:] = [scope for scope in scopes if scope.capture is not self]
+        discard_scopes(self)
+        self.thread = None
         if stack is not None:
             stack.close()
 
-    def _make_pre_hook(self, index: int) -> Callable:
-        name = self._names[index]
-        num_heads = _num_heads(self._modules[index])
+    def _watch_input(self, stack: ExitStack) -> None:
+        input_watch = self.subject.input_watch()
+        if input_watch is None:
+            return
 
-        def pre_hook(module: nn.Module, args: tuple) -> None:
-            _scopes().append(_Scope(self, index, name, num_heads))
+        def see_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if threading.get_ident() == self.thread:
+                self._query_grids = input_watch.read(args, kwargs)
 
-        return pre_hook
+        def advance_step(module: nn.Module, args: tuple, output: object) -> None:
+            if threading.get_ident() == self.thread:
+                self.step += 1
 
-    def _post_hook(self, module: nn.Module, args: tuple, output: object) -> None:
-        scopes = _scopes()
-        scope = scopes.pop() if scopes and scopes[-1].capture is self else None
-        # ``output is None`` when the forward raised (hooks with always_call run then too): the
-        # original exception must propagate, not a complaint about missing attention.
-        if scope is not None and not scope.recorded and output is not None:
-            raise AttentionNotFoundError(
-                f"attention layer {scope.name!r} ran but its attention probabilities could not be seen: "
-                "it computes attention without scaled_dot_product_attention or a softmax over the keys "
-                "(e.g. a custom fused kernel). Switch the model to eager/sdpa attention."
-            )
+        stack.callback(input_watch.module.register_forward_pre_hook(see_input, with_kwargs=True).remove)
+        if input_watch.steps:
+            stack.callback(input_watch.module.register_forward_hook(advance_step).remove)
 
-    def _record(self, scope: _Scope, probabilities: torch.Tensor) -> None:
-        scope.recorded = True
-        if probabilities.dim() == 3:
-            heads = scope.num_heads or 1
-            probabilities = probabilities.reshape(-1, heads, *probabilities.shape[-2:])
-        elif probabilities.dim() != 4:
-            probabilities = probabilities.reshape(-1, *probabilities.shape[-3:])
+    # ------------------------------------------------------------------ called from the scopes
+    def _query_grid(self, index: int, num_queries: int) -> tuple[int, int] | None:
+        if self._query_grids is None:
+            return None
+        return self._query_grids(self._layers[index], num_queries)
+
+    def wants(self, index: int, num_queries: int) -> bool:
+        """Whether a call of layer ``index`` with ``num_queries`` queries is to be recorded/edited
+        (only query-grid resolutions can say no: the rest was decided when selecting)."""
+        if not self._grids or self._layers[index].factor in self._factors:
+            return True
+        return self._query_grid(index, num_queries) in self._grids
+
+    def process(self, index: int, probs: torch.Tensor) -> torch.Tensor:
+        """Record (and edit) ``(B, H, Q, K)`` probabilities of layer ``index``; return the ones the
+        layer must use."""
+        num_queries = probs.shape[-2]
+        if not self.wants(index, num_queries):
+            return probs
+        layer = self._layers[index]
+        record = AttentionRecord(
+            index,
+            layer.name,
+            probs,
+            module_name=layer.module_name,
+            kind=layer.kind,
+            query_grid=self._query_grid(index, num_queries),
+            num_keys=probs.shape[-1],
+            step=self.step,
+        )
+        used = probs
+        if self.edit is not None:
+            edited = self.edit(record)
+            if edited is not None:
+                used = checked_edit(edited, probs, layer.name)
+                record.probs, record.original = used, probs
         if self.detach:
-            probabilities = probabilities.detach()
-        record = AttentionRecord(scope.layer, scope.name, probabilities)
-        if self.keep_grad and probabilities.requires_grad:
-            def store_grad(grad: torch.Tensor, record: AttentionRecord = record) -> None:
-                record.grad = grad
-
-            probabilities.register_hook(store_grad)
+            record.probs = record.probs.detach()
+            record.original = None if record.original is None else record.original.detach()
+        elif self.keep_grad and used.requires_grad:
+            used.register_hook(partial(_store_grad, record))
         if self.store:
             self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)
+        return used
 
-    def _latest(self) -> dict[int, AttentionRecord]:
-        latest: dict[int, AttentionRecord] = {}
-        for record in self.records:
-            latest[record.layer] = record
-        return latest
-
+    # ------------------------------------------------------------------ results
     def _require_records(self) -> dict[int, AttentionRecord]:
-        latest = self._latest()
-        missing = [self._names[index] for index in self.layers if index not in latest]
+        latest = {record.layer: record for record in self.records}
+        missing = [self._layers[index].name for index in self.layers if index not in latest]
         if missing:
             raise AttentionNotFoundError(
                 f"no attention was recorded for layer(s) {missing}: run a forward pass of the model "
@@ -347,7 +260,7 @@ class AttentionCapture:
 
     @property
     def gradients(self) -> list[torch.Tensor]:
-        """Gradients w.r.t. :attr:`attentions` after a backward pass, in layer order."""
+        """Gradients ``(B, H, Q, K)`` w.r.t. :attr:`attentions` after a backward pass, in layer order."""
         latest = self._require_records()
         missing = [latest[index].name for index in self.layers if latest[index].grad is None]
         if missing:
@@ -358,4 +271,5 @@ class AttentionCapture:
         return [latest[index].grad for index in self.layers]
 
     def clear(self) -> None:
+        """Forget the records (the step counter is kept)."""
         self.records.clear()

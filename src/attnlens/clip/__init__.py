@@ -1,21 +1,20 @@
-"""CLIP explainability: which image regions and which words make an image and a text match.
+"""Two-tower explainability: which image regions and which words make an image and a text match.
 
 * :func:`explain_clip` — generic attention explainability (Chefer et al., ICCV 2021) of the
   image-text similarity logits, on both towers, for many images x many texts in one call;
 * :func:`explain_image_similarity` — the same rule for the cosine similarity of two images;
-* :func:`tokenize_texts` — the tokenisation the explanations use (EOT position, decoded tokens).
+* :func:`tokenize_texts` — the tokenisation the explanations use (readout position, decoded tokens).
 
-Supported models: Hugging Face ``CLIPModel`` (family ``hf-clip``), e.g. from :func:`attnlens.load`.
+Modules: :mod:`~attnlens.clip.objective` (the similarities as per-tower cotangent objectives),
+:mod:`~attnlens.clip.towers` (a tower's capture, relevance and readout),
+:mod:`~attnlens.clip.results` (the results), :mod:`~attnlens.clip.explain` (the two functions).
+
+Supported models: image-text models with two towers and a similarity logit (capability
+``image_text``): Hugging Face ``CLIPModel`` and ``SiglipModel``, e.g. from :func:`attnlens.load`.
 """
 
-from attnlens.clip.explain import (
-    ClipExplanation,
-    ImageSimilarityExplanation,
-    check_clip_model,
-    explain_clip,
-    explain_image_similarity,
-    pair_attention_gradients,
-)
+from attnlens.clip.explain import check_clip_model, explain_clip, explain_image_similarity
+from attnlens.clip.results import ClipExplanation, ImageSimilarityExplanation
 from attnlens.clip.text import TextTruncatedWarning, TokenizedTexts, decode_token, tokenize_texts
 
 __all__ = [
@@ -27,6 +26,5 @@ __all__ = [
     "decode_token",
     "explain_clip",
     "explain_image_similarity",
-    "pair_attention_gradients",
     "tokenize_texts",
 ]

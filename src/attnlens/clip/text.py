@@ -9,9 +9,10 @@ returns, per text, the EOT position and the decoded tokens.
 Other text towers are described by their adapter's :class:`~attnlens.adapters.base.Encoder`
 (``readout``, ``text_prefix_tokens``, ``pad_to_context``, ``attention_mask``). SigLIP's tokenizer
 adds no start token and ends a text with ``</s>``; the texts are padded to the context length and
-the model reads the *last* position out (a padding position for short texts), attending to every
-position (no mask). Its explained tokens are the ones before the first ``</s>`` (the end-of-text
-token and the padding are not shown, although relevance flows through them).
+the model reads the *last* position out (readout ``LAST_TOKEN``; a padding position for short
+texts), attending to every position (no mask). Its explained tokens are the ones before the first
+``</s>`` (the end-of-text token and the padding are not shown, although relevance flows through
+them).
 
 Tokens are decoded as the reference notebook does (``_tokenizer.decode([id])``): the byte-level
 symbols are turned back into text and the end-of-word marker ``</w>`` becomes a trailing space,
@@ -30,6 +31,7 @@ from functools import lru_cache
 
 import torch
 
+from attnlens.adapters.readouts import END_OF_TEXT, LAST_TOKEN
 from attnlens.errors import InputError
 
 END_OF_WORD = "</w>"
@@ -182,7 +184,7 @@ def tokenize_texts(model, texts: str | Sequence[str], *, truncate: bool = True) 
         )
     module = model.module
     encoder = _text_encoder(model)
-    readout = getattr(encoder, "readout", "eos")
+    readout = getattr(encoder, "readout", END_OF_TEXT)
     prefix = int(getattr(encoder, "text_prefix_tokens", 1))
     pad_to_context = bool(getattr(encoder, "pad_to_context", False))
     config = getattr(getattr(module, "config", None), "text_config", None)
@@ -217,7 +219,7 @@ def tokenize_texts(model, texts: str | Sequence[str], *, truncate: bool = True) 
     mask = encoded.get("attention_mask")
     if mask is None:
         mask = (input_ids != tokenizer.pad_token_id).long() if tokenizer.pad_token_id is not None else torch.ones_like(input_ids)
-    if readout == "last":
+    if readout is LAST_TOKEN:
         eot = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, dtype=torch.long)
         end = _first_eos(module, tokenizer, input_ids, mask)
     else:

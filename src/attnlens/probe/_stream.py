@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from attnlens.attribution.layers import resolve_index
 from attnlens.capture import capture_attention, select_layers
 from attnlens.errors import AttentionNotFoundError, ImageReadError, InputError, UnsupportedModelError
 from attnlens.images import describe, list_image_files, to_rgb_array
@@ -265,10 +266,8 @@ def select_blocks(names: Sequence[str], blocks: LayerSelection) -> list[int]:
             raise InputError(f"block {block!r} must be an int index or a block name")
         if isinstance(block, str) and block not in names:
             raise InputError(f"no block named {block!r}; blocks: {list(names)}")
-        if isinstance(block, int) and not -count <= block < count:
-            raise InputError(
-                f"block index {block} is out of range: the model has {count} blocks (valid: {-count}..{count - 1})"
-            )
+        if isinstance(block, int):
+            resolve_index(block, count, label=f"block index {block}", what="blocks")
     return select_layers(names, chosen)
 
 

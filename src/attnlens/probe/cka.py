@@ -31,6 +31,7 @@ import torch
 
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel, as_model
+from attnlens.options import Option, OptionSchema
 from attnlens.probe._stream import (
     CKA_MIN_BATCH, Images, LayerSelection, StreamReport, block_pass, iter_image_batches, to_pixels,
 )
@@ -53,6 +54,16 @@ KERNELS = ("linear", "rbf")
 TOKENS = ("cls", "mean", "flatten")
 """How a block output ``(B, tokens, dim)`` becomes one feature vector per image: the class token,
 the mean of the patch tokens, or all patch tokens flattened (prefix tokens excluded)."""
+
+OPTIONS = OptionSchema(
+    Option("layer", int, None, "blocks of the model (none given: all)", layer=True, names=True, multiple=True),
+    Option("layer_b", int, None, "blocks of the second model (none given: all)", layer=True, names=True, multiple=True),
+    Option("tokens", str, "cls", "token treatment: the class token, the mean of the patches, or the patches flattened", choices=TOKENS),
+    Option("kernel", str, "linear", "kernel of the Gram matrices", choices=KERNELS),
+    Option("threshold", float, 1.0, "RBF bandwidth as a multiple of the median distance", minimum=0.0),
+    Option("biased", bool, False, "biased HSIC per minibatch (default: unbiased, which needs batch size >= 4)"),
+)
+"""Options of the minibatch-CKA probe (``attnlens probe cka``)."""
 
 
 # ------------------------------------------------------------------------------ kernels and HSIC

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
+from attnlens.attribution.layers import resolve_index
 from attnlens.errors import InputError
+from attnlens.maps import upsample_maps
 from attnlens.model import AttnLensModel
+from attnlens.options import Option, OptionSchema
 from attnlens.probe._stream import Images
 from attnlens.probe.stats import per_image_reduced
 from attnlens.tokens import TokenLayout
@@ -32,6 +34,13 @@ __all__ = [
     "select_heads",
     "upsample_maps",
 ]
+
+OPTIONS = OptionSchema(
+    Option("layer", int, -1, "attention layer whose class-token attention is shown", layer=True, names=True),
+    Option("threshold", float, 0.6, "fraction of attention mass kept by the masks (DINO: 0.6)", minimum=0.0, maximum=1.0),
+    Option("max_figures", int, 16, "draw figures for at most this many images", minimum=0),
+)
+"""Options of the DINO attention-map probe (``attnlens probe dino``)."""
 
 
 def check_single_layer(layer: int | str) -> None:
@@ -56,11 +65,7 @@ def select_heads(maps: torch.Tensor, heads: int | Sequence[int] | None) -> torch
     count = maps.shape[1]
     chosen = []
     for head in heads:
-        if isinstance(head, bool) or not isinstance(head, int):
-            raise InputError(f"head {head!r} must be an int index")
-        if not -count <= head < count:
-            raise InputError(f"head index {head} is out of range: the layer has {count} heads (valid: {-count}..{count - 1})")
-        chosen.append(head % count)
+        chosen.append(resolve_index(head, count, label=f"head index {head!r}", what="heads", owner="the layer"))
     if not chosen:
         raise InputError("no heads selected")
     return maps[:, chosen]
@@ -131,34 +136,3 @@ def mass_threshold(maps: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
     kept_sorted = (cumulative > 1.0 - float(keep)) & (total > 0)
     kept = torch.empty_like(kept_sorted).scatter_(-1, order, kept_sorted)
     return kept.reshape(maps.shape)
-
-
-def upsample_maps(
-    maps: torch.Tensor,
-    size: tuple[int, int] | None = None,
-    *,
-    scale_factor: int | tuple[int, int] | None = None,
-    mode: str = "nearest",
-) -> torch.Tensor:
-    """Upsample ``(B, heads, h, w)`` or ``(B, h, w)`` maps to the image: ``size=(H, W)`` or a
-    ``scale_factor`` (e.g. the patch size, as DINO does with ``mode="nearest"``).
-
-    Boolean masks stay boolean (nearest-neighbour). Use ``layout.image_size`` for the model input.
-    """
-    if (size is None) == (scale_factor is None):
-        raise InputError("pass exactly one of size=(H, W) and scale_factor")
-    squeeze = maps.dim() == 3
-    if maps.dim() not in (3, 4):
-        raise InputError(f"expected (B, heads, h, w) or (B, h, w) maps, got shape {tuple(maps.shape)}")
-    is_bool = maps.dtype == torch.bool
-    values = maps.unsqueeze(1) if squeeze else maps
-    values = values.float() if is_bool or not values.is_floating_point() else values
-    kwargs = {"size": tuple(int(s) for s in size)} if size is not None else {"scale_factor": scale_factor}
-    if is_bool:
-        mode = "nearest"
-    if mode in ("bilinear", "bicubic"):
-        kwargs["align_corners"] = False
-    upsampled = F.interpolate(values, mode=mode, **kwargs)
-    if is_bool:
-        upsampled = upsampled > 0.5
-    return upsampled.squeeze(1) if squeeze else upsampled

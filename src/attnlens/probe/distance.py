@@ -24,6 +24,7 @@ import torch
 
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel
+from attnlens.options import Option, OptionSchema
 from attnlens.probe._stream import AttentionReducer, Images, LayerSelection
 from attnlens.probe.stats import LayerHeadStats, dataset_statistic, per_image_statistic
 from attnlens.tokens import TokenLayout
@@ -41,6 +42,13 @@ UNITS = ("pixels", "grid", "unit")
 ``unit``: the image scaled to the unit square (row offsets / h, column offsets / w)."""
 
 STATISTIC = "mean_attention_distance"
+
+OPTIONS = OptionSchema(
+    Option("layer", int, None, "attention layers to probe (none given: all)", layer=True, names=True, multiple=True),
+    Option("units", str, "pixels", "distance unit: model-input pixels, patches, or the unit square", choices=UNITS),
+    Option("renormalize", bool, False, "renormalise patch attention rows after dropping prefix tokens"),
+)
+"""Options of the mean-attention-distance probe (``attnlens probe mad``)."""
 
 
 def _check_units(units: str) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel
+from attnlens.options import Option, OptionSchema
 from attnlens.probe._stream import AttentionReducer, Images, LayerSelection
 from attnlens.probe.stats import LayerHeadStats, dataset_statistic, per_image_reduced, per_image_statistic
 from attnlens.tokens import PREFIX_ROLES, TokenLayout
@@ -43,6 +44,13 @@ QUERIES = ("all", "patches", "prefix", "cls")
 
 ENTROPY = "attention_entropy"
 PREFIX_MASS = "prefix_attention_mass"
+
+OPTIONS = OptionSchema(
+    Option("layer", int, None, "attention layers to probe (none given: all)", layer=True, names=True, multiple=True),
+    Option("normalize", bool, False, "divide the entropy by log(number of keys)"),
+    Option("queries", str, "all", "queries the entropy averages over", choices=QUERIES),
+)
+"""Options of the entropy and prefix-mass probe (``attnlens probe entropy``)."""
 
 
 def select_queries(probs: torch.Tensor, layout: TokenLayout, queries: str) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from attnlens.errors import InputError
 from attnlens.model import AttnLensModel, as_model
+from attnlens.options import Option, OptionSchema
 from attnlens.probe._stream import Images, LayerSelection, StreamReport, block_pass, iter_passes
 from attnlens.probe.stats import RunningMoments
 from attnlens.tokens import TokenLayout
@@ -28,6 +29,13 @@ __all__ = ["DEFAULT_RATIO", "NormStats", "TokenNorms", "dataset_token_norm_stats
 
 DEFAULT_RATIO = 4.0
 """Default outlier rule: a patch whose norm exceeds 4x the median patch norm of its map."""
+
+OPTIONS = OptionSchema(
+    Option("layer", int, None, "blocks to probe (none given: all)", layer=True, names=True, multiple=True),
+    Option("threshold", float, None, "absolute outlier norm threshold (default: none, use ratio)", minimum=0.0),
+    Option("ratio", float, DEFAULT_RATIO, "outlier: norm > ratio x the median patch norm of its map", minimum=0.0),
+)
+"""Options of the token-norm probe (``attnlens probe norms``)."""
 
 
 def _token_l2(hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from attnlens.errors import InputError, UnsupportedModelError
-from attnlens.explain import Explanation, explain, get_method, methods as registered_methods
-from attnlens.explain.targets import Target
+from attnlens.explainers import Explanation, explain, get_method, methods as registered_methods
+from attnlens.attribution.targets import Target, top_k as predictions
 from attnlens.images import ImageLike, load_images
 from attnlens.model import AttnLensModel, as_model
 from attnlens.viz.overlay import blend
@@ -58,12 +58,11 @@ def _display_image(image: ImageLike | torch.Tensor, pixels: torch.Tensor) -> np.
 
 
 def _predictions(model: AttnLensModel, pixels: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
-    if model.family.head.pooling == "none":
+    if not model.family.is_classifier:
         return []
     with torch.no_grad():
-        probabilities = model.logits(pixels).float().softmax(-1)[0]
-    values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]))
-    return [(model.id2label.get(int(i), str(int(i))), float(v)) for v, i in zip(values, indices)]
+        (best,) = predictions(model.logits(pixels[:1]), model.id2label, top_k)
+    return [(entry["label"], entry["probability"]) for entry in best]
 
 
 def compare_figure(
@@ -83,7 +82,7 @@ def compare_figure(
 
     Columns: the image (top-``top_k`` predictions written under it), then one overlay per method
     (each map min-max normalised on its own). One row per explained target: ``target`` takes every
-    form :func:`attnlens.explain.explain` accepts for a single image, e.g. ``[[3, 7]]`` for two rows.
+    form :func:`attnlens.explainers.explain` accepts for a single image, e.g. ``[[3, 7]]`` for two rows.
 
     Args:
         model: an :class:`~attnlens.AttnLensModel` or a plain HF / timm module.

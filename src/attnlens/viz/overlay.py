@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image
 
 from attnlens.errors import InputError
 from attnlens.images import load_images
+from attnlens.maps import upsample_maps
 
 
 def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
@@ -20,9 +20,8 @@ def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
 
 def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
     """Blend a ``[0, 1]`` heat map (any size; resized bilinearly) over an RGB uint8 image."""
-    height, width = image.shape[:2]
-    heat_tensor = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
-    resized = F.interpolate(heat_tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    heat_tensor = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None]
+    resized = upsample_maps(heat_tensor, image.shape[:2])[0].numpy()
     colored = colorize(resized, colormap).astype(np.float32)
     mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * colored
     return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
@@ -39,8 +38,3 @@ def overlay_maps(
         raise InputError(f"the explanation covers {needed} images but {len(arrays)} were given to overlay()")
     heat = maps.detach().float().cpu().numpy()
     return [blend(arrays[int(index)], heat[row], alpha, colormap) for row, index in enumerate(image_index.tolist())]
-
-
-def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(N, h, w)`` -> ``(N, H, W)`` bilinear upsampling (``align_corners=False``), as float."""
-    return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

@@ -106,11 +106,15 @@ def text_heatmap_figure(
     colormap: str = "Reds",
     max_width: float = 10.0,
     font_size: int = 14,
+    strength: float = 0.85,
 ) -> Figure:
-    """A figure showing the tokens as coloured boxes (wrapped), the normalised value under each."""
+    """A figure showing the tokens as coloured boxes (wrapped), the normalised value under each.
+
+    ``strength`` in ``[0, 1]`` is the colour intensity of the most relevant token.
+    """
     values = _values(tokens, relevance)
     shares = _shares(values)
-    colors = token_colors(values, colormap)
+    colors = token_colors(values, colormap, strength)
     char_width = font_size * 0.62 / 72.0  # inches per character (approximate)
     box_height = font_size * 2.6 / 72.0
     gap = char_width * 0.6
@@ -149,6 +153,18 @@ def text_heatmap_figure(
                 ha="center", va="center", fontsize=font_size * 0.6, color="#444444",
             )
     return figure
+
+
+def text_heatmap_image(tokens: Sequence[str], relevance, *, dpi: int = 100, **kwargs):
+    """The text heat map figure rendered to an RGB PIL image (keywords: :func:`text_heatmap_figure`)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    text_heatmap_figure(tokens, relevance, **kwargs).savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
 
 
 def _rectangle(origin, width, height, color):

@@ -1,0 +1,108 @@
+"""What to explain: resolving ``target=`` into one objective per explained row.
+
+Accepted targets (for a batch of B images):
+
+* ``None``: the predicted class of each image;
+* an ``int`` or a class name: the same class for every image;
+* a sequence of B entries, each an ``int``, a class name, or a list of them (several targets for
+  one image: the image is explained once per target, reusing its forward pass where the method
+  allows);
+* a ``(B,)`` integer tensor;
+* a callable ``f(output) -> (B,)`` tensor on the model's output object (for backbones without a
+  head: e.g. ``lambda out: out.pooler_output[:, 7]`` or a similarity score).
+
+The result is an :class:`~attnlens.attribution.objectives.Objective`: ``N >= B`` explained rows,
+row ``n`` explaining image ``input_index[n]`` for class ``classes[n]`` (``-1`` for callables).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import torch
+
+from attnlens.attribution.objectives import CALLABLE_CLASS, ClassLogits, Objective, OutputFunction
+from attnlens.errors import InputError
+
+Target = Union[None, int, str, Sequence[Any], torch.Tensor, Callable[[Any], torch.Tensor]]
+
+
+def is_callable_target(target: Target) -> bool:
+    return callable(target) and not isinstance(target, (torch.Tensor, str))
+
+
+def _class_index(entry: Any, id2label: dict[int, str], num_classes: int) -> int:
+    if isinstance(entry, bool):
+        raise InputError(f"target {entry!r} is not a class index or name")
+    if isinstance(entry, str):
+        for index, name in id2label.items():
+            if name.lower() == entry.lower():
+                return index
+        raise InputError(f"unknown class name {entry!r}; valid names: {sorted(id2label.values())}")
+    if isinstance(entry, torch.Tensor) and entry.numel() == 1:
+        entry = int(entry.item())
+    if not isinstance(entry, int):
+        raise InputError(f"target {entry!r} must be a class index, a class name or a list of them")
+    if not 0 <= entry < num_classes:
+        raise InputError(f"target class {entry} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return entry
+
+
+def resolve_targets(
+    target: Target,
+    batch_size: int,
+    logits: torch.Tensor | None,
+    id2label: dict[int, str],
+) -> Objective:
+    """Turn ``target`` into the :class:`Objective` of a batch of ``batch_size`` images.
+
+    ``logits`` ``(B, C)`` are needed for ``None`` (predicted class) and to validate indices;
+    models without a classifier (``logits is None``) only accept callables.
+    """
+    if is_callable_target(target):
+        return OutputFunction(target, batch_size)
+    if logits is None:
+        raise InputError(
+            "this model has no classification head, so class targets do not apply; pass a callable "
+            "target, e.g. target=lambda out: out.pooler_output[:, 0]"
+        )
+    num_classes = int(logits.shape[-1])
+    if target is None:
+        classes = logits.argmax(-1).cpu()
+        return ClassLogits(torch.arange(batch_size), classes)
+    if isinstance(target, (int, str)) or (isinstance(target, torch.Tensor) and target.dim() == 0):
+        entry = _class_index(target, id2label, num_classes)
+        return ClassLogits(torch.arange(batch_size), torch.full((batch_size,), entry, dtype=torch.long))
+    entries = target.tolist() if isinstance(target, torch.Tensor) else list(target)
+    if len(entries) != batch_size:
+        raise InputError(
+            f"got {len(entries)} targets for {batch_size} images; pass one target (int, name or list) per "
+            "image, or a single int/name for all"
+        )
+    images: list[int] = []
+    classes: list[int] = []
+    for image, entry in enumerate(entries):
+        group = entry if isinstance(entry, (list, tuple)) else [entry]
+        if not group:
+            raise InputError(f"image #{image} has an empty list of targets")
+        for item in group:
+            images.append(image)
+            classes.append(_class_index(item, id2label, num_classes))
+    return ClassLogits(torch.tensor(images, dtype=torch.long), torch.tensor(classes, dtype=torch.long))
+
+
+def class_label(id2label: dict[int, str], index: int) -> str:
+    """The label of class ``index`` (``"callable"`` for callable objectives, the index if unnamed)."""
+    return "callable" if int(index) == CALLABLE_CLASS else id2label.get(int(index), str(int(index)))
+
+
+def top_k(logits: torch.Tensor, id2label: dict[int, str], k: int = 5) -> list[list[dict[str, Any]]]:
+    """Per row of ``(B, C)`` logits, the ``k`` most probable classes (softmax) as
+    ``{"index", "label", "probability"}`` dicts, most probable first."""
+    probabilities = logits.detach().float().softmax(-1)
+    values, indices = probabilities.topk(min(k, probabilities.shape[-1]), dim=-1)
+    return [
+        [{"index": int(i), "label": class_label(id2label, int(i)), "probability": float(v)} for v, i in zip(row_v, row_i)]
+        for row_v, row_i in zip(values.cpu(), indices.cpu())
+    ]

@@ -1,0 +1,229 @@
+"""The shared base of every explanation method: the :class:`Explanation` result, the
+:class:`Method` interface and registry, and the :class:`ExplainContext` a method works in.
+
+A method turns a batch of images and an :class:`~attnlens.attribution.objectives.Objective` (the
+resolved targets) into a raw relevance ``(N, num_patches)`` over the patch tokens. The context runs
+the model once with attention captured, resolves the targets from that same forward pass, and hands
+out per-row attention gradients (:func:`attnlens.attribution.rounds.row_gradients`), so methods
+never re-implement batching, target handling, layer checks or readouts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from attnlens.adapters.readouts import Readout
+from attnlens.attribution.layers import resolve_layer
+from attnlens.attribution.objectives import Objective, logits_of
+from attnlens.attribution.results import RelevanceMaps
+from attnlens.attribution.rounds import row_gradients
+from attnlens.attribution.targets import Target, class_label, resolve_targets
+from attnlens.capture import capture_attention
+from attnlens.errors import InputError, UnsupportedModelError
+from attnlens.model import AttnLensModel
+from attnlens.options import Option, OptionSchema
+
+
+# --------------------------------------------------------------------------- the result
+@dataclass
+class Explanation(RelevanceMaps):
+    """Relevance maps over the patch grid, one per explained (image, target) row.
+
+    Follows the result protocol (:mod:`attnlens.attribution.results`): ``relevance (N, h, w)``
+    raw, ``input_index`` (alias ``image_index``), ``normalized()``, ``pixel_map()``,
+    ``threshold()``, ``overlay(images)``, ``to_dict()`` / ``to_json()``.
+
+    Attributes:
+        targets: ``(N,)`` class index explained by each row (``-1`` for callable targets).
+        target_names: label of each row's class (``"callable"`` for callable targets).
+        method: registry name of the method.
+        logits: ``(B, C)`` logits of the explained forward pass (``None`` for backbones).
+        options: the method options used.
+        extras: method-specific additional results, e.g. ``"pixel_relevance"`` ``(N, H, W)`` for
+            full LRP (the relevance of every input pixel, summed over channels).
+    """
+
+    targets: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    target_names: list[str] = field(default_factory=list)
+    method: str = ""
+    logits: torch.Tensor | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    kind = "explanation"
+
+    @property
+    def image_index(self) -> torch.Tensor:
+        """``(N,)`` index of the input image each row explains (alias of ``input_index``)."""
+        return self.input_index
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "method": self.method,
+            "options": dict(self.options),
+            "targets": [{"index": int(t), "label": n} for t, n in zip(self.targets.tolist(), self.target_names)],
+        }
+
+
+# --------------------------------------------------------------------------- the context
+class ExplainContext:
+    """Everything a method needs for one call: model, pixels, token layout, targets, options.
+
+    Methods call :meth:`forward_with_attention` (one forward pass with attention captured; it
+    also resolves the targets into :attr:`objective`), then :meth:`attention_gradients` for
+    gradient-based rules, and :meth:`readout` to turn a token x token matrix into patch relevance.
+    All per-call state lives here, never in modules or globals.
+    """
+
+    def __init__(self, model: AttnLensModel, pixels: torch.Tensor, target: Target, options: dict[str, Any]) -> None:
+        self.model = model
+        self.pixels = pixels
+        self.target = target
+        self.options = options
+        self.layout = model.token_layout(pixels)
+        self.objective: Objective | None = None
+        self.logits: torch.Tensor | None = None
+        self.output: Any = None
+        self.attentions: list[torch.Tensor] = []
+        self.extras: dict[str, Any] = {}  # copied to Explanation.extras
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.attention_layers())
+
+    @property
+    def readout_of_model(self) -> Readout:
+        """The model's readout: its classifier head's, or (backbones) its vision tower's."""
+        return self.model.readout
+
+    def layer(self, value: int, name: str = "layer") -> int:
+        """A layer option (negative counts from the end) as a non-negative index, range-checked."""
+        return resolve_layer(value, self.num_layers, name)
+
+    def layers_from(self, start_layer: int, name: str = "start_layer") -> list[int]:
+        """The layers ``start_layer .. last`` (a range-checked layer option)."""
+        return list(range(self.layer(start_layer, name), self.num_layers))
+
+    def resolve(self, output: Any) -> Objective:
+        """Resolve the targets from a forward pass's output (sets :attr:`objective` and :attr:`logits`)."""
+        self.output = output
+        self.logits = logits_of(output) if self.model.family.is_classifier else None
+        self.objective = resolve_targets(self.target, self.pixels.shape[0], self.logits, self.model.id2label)
+        return self.objective
+
+    def forward_with_attention(self, layers: Sequence[int] | None = None, *, gradients: bool = False) -> list[torch.Tensor]:
+        """Run the model once, recording the ``(B, H, T, T)`` attention of ``layers`` (default: all).
+
+        With ``gradients=True`` the graph is kept so that :meth:`attention_gradients` works.
+        """
+        pixels = self.pixels.detach()
+        if gradients:
+            pixels = pixels.requires_grad_(True)
+        with torch.set_grad_enabled(gradients), capture_attention(self.model, layers, keep_grad=False) as capture:
+            output = self.model(pixels)
+        self.resolve(output)
+        self.attentions = capture.attentions
+        for attention in self.attentions:
+            self.layout.check_length(attention.shape[-1], what="captured attention")
+        return self.attentions
+
+    def attention_gradients(self) -> list[torch.Tensor]:
+        """Per explained row, the gradient of its objective w.r.t. each captured attention.
+
+        Returns one ``(N, H, T, T)`` tensor per captured layer (``N`` = rows of the objective);
+        one backward pass per round of rows; the model's parameters get no ``.grad``.
+        """
+        if self.objective is None or not self.attentions:
+            raise RuntimeError("call forward_with_attention(gradients=True) first")
+        objective, output = self.objective, self.output
+        return row_gradients(lambda rows: objective.round_value(output, rows), self.attentions, objective.input_index)
+
+    def per_row(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Index a per-image tensor ``(B, ...)`` by the objective's rows -> ``(N, ...)``."""
+        return tensor[self.objective.input_index.to(tensor.device)]
+
+    def readout(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The relevance row(s) of the token(s) the prediction is read from -> patch columns.
+
+        ``matrix`` is ``(N, ..., T, T)`` (query x key); the model's readout object picks (or pools)
+        its query rows. Returns ``(N, ..., num_patches)``.
+        """
+        return self.layout.patches(self.readout_of_model.read(matrix, self.layout), dim=-1)
+
+
+# --------------------------------------------------------------------------- methods
+START_LAYER = Option(
+    "start_layer", int, 0, "first block whose attention enters the product; negative counts from the end", layer=True
+)
+class Method(ABC):
+    """An explanation method. Subclasses set the class attributes and implement :meth:`relevance`.
+
+    Attributes:
+        name: registry name.
+        description: one line for :func:`attnlens.methods`.
+        paper: the paper the rules come from.
+        options: the method's typed :class:`~attnlens.options.OptionSchema` (names, defaults,
+            ranges, help); unknown options are refused.
+        class_specific: the map depends on the target (``False`` for plain attention/rollout).
+        requires: capabilities the model must have (see :attr:`AttnLensModel.capabilities`).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    paper: ClassVar[str] = ""
+    options: ClassVar[OptionSchema] = OptionSchema()
+    class_specific: ClassVar[bool] = True
+    requires: ClassVar[tuple[str, ...]] = ("global_attention",)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Option name -> default value (from :attr:`options`)."""
+        return self.options.defaults()
+
+    def check_model(self, model: AttnLensModel) -> None:
+        """Raise :class:`UnsupportedModelError` if ``model`` lacks a capability the method needs."""
+        model.require(self.requires, f"method {self.name!r}")
+
+    @abstractmethod
+    def relevance(self, context: ExplainContext, **options: Any) -> torch.Tensor:
+        """Raw relevance ``(N, num_patches)`` for every row of the context's objective."""
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    _METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    _load_all_methods()
+    if name not in _METHODS:
+        raise InputError(f"unknown method {name!r}; valid methods: {sorted(_METHODS)}")
+    return _METHODS[name]
+
+
+def methods() -> dict[str, str]:
+    """Registered method names with a one-line description each."""
+    _load_all_methods()
+    return {name: _METHODS[name].description for name in sorted(_METHODS)}
+
+
+def _load_all_methods() -> None:
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module("attnlens.explainers")
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+
+
+def target_names(model: AttnLensModel, classes: torch.Tensor) -> list[str]:
+    return [class_label(model.id2label, int(c)) for c in classes.tolist()]
