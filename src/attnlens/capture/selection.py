@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from fnmatch import fnmatchcase
 
+from attnlens.attribution.layers import resolve_index
 from attnlens.capture.records import KINDS
 from attnlens.capture.subjects import AttentionLayer
 from attnlens.errors import InputError
@@ -57,13 +58,8 @@ def select_layers(names: Sequence[str], layers: LayerSelection, *, aliases: Sequ
             raise InputError(f"layer {layer!r} must be an int index, a layer name or a glob pattern")
         if isinstance(layer, str):
             chosen.update(_matching(names, aliases, layer))
-        elif -len(names) <= layer < len(names):
-            chosen.add(layer % len(names))
         else:
-            raise InputError(
-                f"attention layer index {layer} is out of range: the model has {len(names)} attention "
-                f"layers (valid: {-len(names)}..{len(names) - 1})"
-            )
+            chosen.add(resolve_index(layer, len(names), label=f"attention layer index {layer}", what="attention layers"))
     return sorted(chosen)
 
 
