@@ -55,12 +55,12 @@ def test_clip_explanation_to_dict_holds_both_sides(explanation) -> None:
     assert len(summary["logits"]) == 2 and len(summary["logits"][0]) == 2
     assert summary["texts"] == TEXTS and summary["truncated"] == [False, False]
     assert summary["image_start_layer"] == 0 and summary["text_start_layer"] == 2
-    assert summary["image"]["input_index"] == [1, 0, 1]
-    assert torch.tensor(summary["image"]["relevance"]).shape == (3, 7, 7)
+    assert summary["input_index"] == [1, 0, 1]
+    assert torch.tensor(summary["relevance"]).shape == (3, 7, 7)
     assert summary["text"]["input_index"] == [0, 1, 1]
     assert summary["text"]["tokens"] == explanation.tokens
     brief = explanation.to_dict(maps=False)
-    assert "relevance" not in brief["image"] and "relevance" not in brief["text"]
+    assert "relevance" not in brief and "relevance" not in brief["text"]
 
 
 def test_text_side_follows_the_protocol(explanation) -> None:

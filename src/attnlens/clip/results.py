@@ -84,10 +84,11 @@ class ClipExplanation(PairResult):
         return self.image.overlay(images, alpha=alpha, colormap=colormap)
 
     def to_dict(self, *, maps: bool = True) -> dict[str, Any]:
-        """JSON-ready: pairs, scores, logits, texts, start layers and both sides (with ``maps``)."""
+        """JSON-ready: the image side's protocol fields (``input_index``, ``shape``, ``relevance``
+        with ``maps``, ...), pairs, scores, logits, texts, start layers and the text side."""
         return {
+            **self.image.to_dict(maps=maps),
             "kind": self.kind,
-            "rows": len(self),
             "pairs": [list(pair) for pair in self.pairs],
             "scores": tensor_to_json(self.scores),
             "logits": tensor_to_json(self.logits),
@@ -95,7 +96,6 @@ class ClipExplanation(PairResult):
             "image_start_layer": int(self.image_start_layer),
             "text_start_layer": int(self.text_start_layer),
             "truncated": [bool(cut) for cut in self.truncated],
-            "image": self.image.to_dict(maps=maps),
             "text": self.text.to_dict(maps=maps),
         }
 
