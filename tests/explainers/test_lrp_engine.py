@@ -16,7 +16,7 @@ import attnlens
 from attnlens.errors import UnsupportedModelError
 from attnlens.explainers import explain
 from attnlens.explainers.base import ExplainContext
-from attnlens.explainers.lrp import rules
+from attnlens.attribution import lrp_rules as rules
 from attnlens.explainers.lrp.functional import AttnLRPOps, Record, forward
 from attnlens.explainers.lrp.relprop import Rows, head_relprop
 from attnlens.explainers.lrp.seeds import LOGITS, TOKENS, resolve_seeds

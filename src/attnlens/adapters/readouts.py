@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from attnlens.attribution import lrp_rules
 from attnlens.errors import UnsupportedModelError
 from attnlens.tokens import TokenLayout
 
@@ -95,20 +96,12 @@ def _mean_patch_rows(matrix: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return layout.patches(matrix, dim=-2).mean(dim=-2)
 
 
-def _lrp_rules():
-    """:mod:`attnlens.explainers.lrp.rules`, imported on first use (the LRP rules live with the LRP
-    methods, whose package imports this module)."""
-    from attnlens.explainers.lrp import rules
-
-    return rules
-
-
 def _select_relprop(result: torch.Tensor, tokens: torch.Tensor, index: int, relevance: torch.Tensor) -> None:
     """Add to ``result`` ``(N, T, D)`` the relevance of the token at ``index`` of ``tokens`` given that
     of its copy ``(N, D)``: the ``IndexSelect`` rule ``x ⊙ safe_divide(R, x)`` of Chefer et al.'s
     reference (``ViT_LRP``, CVPR 2021)."""
     token = tokens[:, index]
-    result[:, index] += token * _lrp_rules().safe_divide(relevance, token)
+    result[:, index] += token * lrp_rules.safe_divide(relevance, token)
 
 
 def _mean_relprop(
@@ -118,7 +111,7 @@ def _mean_relprop(
     ``mean`` ``(N, D)``: the z-rule (Bach et al., 2015) of ``mean = Σ_i x_i / n``, i.e.
     ``R_i = x_i / n ⊙ safe_divide(R, mean)``."""
     patches = layout.patches(tokens, dim=1)
-    result[:, layout.patch_slice] += patches * _lrp_rules().safe_divide(relevance[:, None], mean[:, None]) / patches.shape[1]
+    result[:, layout.patch_slice] += patches * lrp_rules.safe_divide(relevance[:, None], mean[:, None]) / patches.shape[1]
 
 
 class ClsToken(Readout):
@@ -155,7 +148,7 @@ class ClsDistillationAverage(Readout):
 
     def relprop_combine(self, outputs, relevance):
         """The reference's ``Add`` rule between the two halves ``outputs[i] / 2`` of the average."""
-        return list(_lrp_rules().add_rule(outputs[0] / 2, outputs[1] / 2, relevance))
+        return list(lrp_rules.add_rule(outputs[0] / 2, outputs[1] / 2, relevance))
 
     def relprop_pool(self, tokens, inputs, relevances, layout):
         result = torch.zeros_like(tokens)

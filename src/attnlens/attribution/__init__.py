@@ -6,6 +6,8 @@
   place attnlens differentiates objectives);
 * :mod:`~attnlens.attribution.targets` — ``target=`` resolved into an objective; top-k labels;
 * :mod:`~attnlens.attribution.layers` — the one check of a user's layer / block / head index;
+* :mod:`~attnlens.attribution.lrp_rules` — the LRP rules (α1β0, z-rule, z^B, the AttnLRP
+  modified gradients), shared by readouts and the LRP methods;
 * :mod:`~attnlens.attribution.results` — the result protocol (``RelevanceMaps``,
   ``TokenRelevance``) every explanation follows.
 """

@@ -17,6 +17,7 @@ row ``n`` explaining image ``input_index[n]`` for class ``classes[n]`` (``-1`` f
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -32,6 +33,18 @@ def is_callable_target(target: Target) -> bool:
     return callable(target) and not isinstance(target, (torch.Tensor, str))
 
 
+def _not_a_class(entry: Any) -> str:
+    """The one-line message for a target that is no class index, name or list of them."""
+    if isinstance(entry, numbers.Real) or (isinstance(entry, torch.Tensor) and entry.numel() == 1):
+        value = float(entry)
+        hint = f"target={int(value)}" if value.is_integer() else "an int class index"
+        return f"target {entry!r} is a {type(entry).__name__}, not a class index; pass {hint} (or a class name)"
+    return (
+        f"target {entry!r} ({type(entry).__name__}) is not a class index, a class name or a list of them; "
+        "pass e.g. target=3, target='tabby cat' or one such entry per image"
+    )
+
+
 def _class_index(entry: Any, id2label: dict[int, str], num_classes: int) -> int:
     if isinstance(entry, bool):
         raise InputError(f"target {entry!r} is not a class index or name")
@@ -40,10 +53,12 @@ def _class_index(entry: Any, id2label: dict[int, str], num_classes: int) -> int:
             if name.lower() == entry.lower():
                 return index
         raise InputError(f"unknown class name {entry!r}; valid names: {sorted(id2label.values())}")
-    if isinstance(entry, torch.Tensor) and entry.numel() == 1:
+    if isinstance(entry, torch.Tensor) and entry.numel() == 1 and not entry.is_floating_point():
         entry = int(entry.item())
+    if isinstance(entry, numbers.Integral):
+        entry = int(entry)
     if not isinstance(entry, int):
-        raise InputError(f"target {entry!r} must be a class index, a class name or a list of them")
+        raise InputError(_not_a_class(entry))
     if not 0 <= entry < num_classes:
         raise InputError(f"target class {entry} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
     return entry
@@ -71,9 +86,13 @@ def resolve_targets(
     if target is None:
         classes = logits.argmax(-1).cpu()
         return ClassLogits(torch.arange(batch_size), classes)
-    if isinstance(target, (int, str)) or (isinstance(target, torch.Tensor) and target.dim() == 0):
+    if isinstance(target, (numbers.Integral, str)) or (isinstance(target, torch.Tensor) and target.dim() == 0):
         entry = _class_index(target, id2label, num_classes)
         return ClassLogits(torch.arange(batch_size), torch.full((batch_size,), entry, dtype=torch.long))
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        raise InputError(f"target tensor has dtype {target.dtype}; pass class indices as an integer tensor (target.long())")
+    if not isinstance(target, (torch.Tensor, Sequence)):
+        raise InputError(_not_a_class(target))
     entries = target.tolist() if isinstance(target, torch.Tensor) else list(target)
     if len(entries) != batch_size:
         raise InputError(

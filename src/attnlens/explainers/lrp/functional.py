@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlens.errors import UnsupportedModelError
-from attnlens.explainers.lrp import rules
+from attnlens.attribution import lrp_rules as rules
 from attnlens.explainers.lrp.spec import Block, HeadParts, Linear, Norm, Spec, ThreadHook
 from attnlens.model import AttnLensModel
 from attnlens.tokens import TokenLayout

@@ -5,7 +5,7 @@ The relevance starts as the one-hot vector of the target class at the logits and
 the head, every block and the embeddings with the reference's rules (α=1/β=0 for linear layers,
 z-rule for the attention matmuls with halving between ``A``/``V`` and ``Q``/``K``, the rescaling
 ``Add`` rule at residuals, layer norm / GELU / softmax passing relevance through; see
-:mod:`attnlens.explainers.lrp.rules`). At the embeddings ``E = [prefix tokens; conv(x)] + positions``
+:mod:`attnlens.attribution.lrp_rules`). At the embeddings ``E = [prefix tokens; conv(x)] + positions``
 the ``Add`` rule splits the relevance and the positions' share is dropped; the patch tokens' share
 goes through the patch convolution with the z^B rule (bounds: each image's min and max value).
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from attnlens.attribution.rounds import is_one_row_per_item
 from attnlens.errors import UnsupportedModelError
-from attnlens.explainers.lrp import rules
+from attnlens.attribution import lrp_rules as rules
 from attnlens.explainers.lrp.functional import BlockRecord, Record
 from attnlens.explainers.lrp.seeds import LOGITS, Seeds
 from attnlens.explainers.lrp.spec import Block, Spec

@@ -31,7 +31,7 @@ from attnlens.adapters.base import Encoder, get_submodule
 from attnlens.adapters.readouts import Readout
 from attnlens.capture import is_captured
 from attnlens.errors import UnsupportedModelError
-from attnlens.explainers.lrp import rules
+from attnlens.attribution import lrp_rules as rules
 from attnlens.model import AttnLensModel
 from attnlens.tokens import TokenLayout
 
