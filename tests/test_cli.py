@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -30,13 +32,15 @@ def test_explain_writes_an_overlay_per_image_and_a_json(tiny_vit_dir, images, tm
     assert summary["method"] == "rollout"
     assert [record["overlay"] for record in summary["images"]] == ["wide_rollout.png", "gray_rollout.png"]
     for record in summary["images"]:
-        assert record["target"] == {"index": 2, "label": "class_2"}
+        assert record["target"]["index"] == 2 and record["target"]["label"] == "class_2"
         assert len(record["top5"]) == 5
         assert abs(sum(p["probability"] for p in record["top5"]) - 1.0) < 1e-4
+        assert record["target"]["probability"] > 0
         with Image.open(out / record["overlay"]) as overlay:
-            assert overlay.mode == "RGB"
-    assert Image.open(out / "wide_rollout.png").size == (70, 40)
-    assert "wrote 2 overlay(s)" in capsys.readouterr().out
+            assert overlay.mode in ("RGB", "RGBA") and min(overlay.size) >= 384  # upsampled for display
+    assert summary["explanation"] == "explanation.safetensors"
+    stdout = capsys.readouterr().out
+    assert "wrote 2 overlay(s)" in stdout and "explained class_2" in stdout
 
 
 @pytest.mark.parametrize(
@@ -159,7 +163,7 @@ def test_option_start_layer_equals_the_api_call(tiny_vit_dir, images, tmp_path) 
     for out in (tmp_path / "a", tmp_path / "b"):
         np.testing.assert_array_equal(_map(out, "wide_rollout"), expected.numpy())
         record = json.loads((out / "explanations.json").read_text())["images"][0]
-        assert record["options"] == {"start_layer": 2} and record["map"]["file"] == "wide_rollout.npy"
+        assert record["options"] == {"start_layer": 2} and record["map"] == "wide_rollout.npy"
 
 
 @pytest.mark.parametrize(
@@ -219,3 +223,104 @@ def test_methods_lists_options_and_json_schemas(capsys) -> None:
     described = json.loads(capsys.readouterr().out)
     assert [option["name"] for option in described["methods"]["partial_lrp"]["options"]] == ["layer", "ablation"]
     assert {option["name"] for option in described["probes"]["norms"]["options"]} == {"layer", "threshold", "ratio"}
+
+
+class _Terminal(io.StringIO):
+    """A captured stream that says it is a terminal, so progress bars are drawn."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _run_on_terminal(monkeypatch, argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("command", ["explain", "compare"])
+def test_progress_goes_to_stderr_and_stdout_stays_parseable(tiny_vit_dir, images, tmp_path, monkeypatch, command) -> None:
+    extra = ["--method", "rollout"] if command == "explain" else ["--methods", "rollout,attention"]
+    argv = [command, *map(str, images), "--model", str(tiny_vit_dir), "--out", str(tmp_path / "o"), *extra]
+    code, stdout, stderr = _run_on_terminal(monkeypatch, argv)
+    assert code == 0
+    assert "%" in stderr and "\r" in stderr  # a progress bar was drawn on stderr
+    assert "\r" not in stdout and "%|" not in stdout
+    lines = stdout.splitlines()
+    assert lines[-1].startswith("wrote ") and all(line.strip() for line in lines)
+    if command == "explain":
+        assert [line.split(": explained ")[0] for line in lines[:-1]] == [str(path) for path in images]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_flags_before_or_after_the_sub_command(tiny_vit_dir, images, tmp_path, monkeypatch, where) -> None:
+    flags = ["--quiet", "--threads", "1"]
+    rest = ["explain", str(images[0]), "--model", str(tiny_vit_dir), "--method", "rollout", "--out", str(tmp_path / where)]
+    argv = flags + rest if where == "before" else rest + flags
+    code, stdout, stderr = _run_on_terminal(monkeypatch, argv)
+    assert code == 0 and stderr == "" and "wrote 1 overlay(s)" in stdout
+
+
+def test_debug_after_the_sub_command_shows_the_traceback(tiny_vit_dir) -> None:
+    with pytest.raises(Exception, match="out of range"):
+        main(["explain", "--model", str(tiny_vit_dir), "--method", "attention", "--layer", "9", "--debug"])
+
+
+def test_info_lists_one_label_per_line(tiny_vit_dir, capsys) -> None:
+    assert main(["info", "--model", str(tiny_vit_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "labels:  5 classes" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("  ")] == [[str(i), f"class_{i}"] for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    """A tiny ViT backbone (no classifier) saved with its processor."""
+    import torch
+    from transformers import ViTImageProcessor, ViTModel
+
+    from conftest import tiny_vit_config
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("backbone")
+    ViTModel(tiny_vit_config()).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+def test_target_dim_explains_a_feature_of_a_backbone(backbone_dir, images, tmp_path, capsys) -> None:
+    import attnlens
+    from attnlens.attribution.targets import FeatureTarget
+
+    out = tmp_path / "o"
+    assert main(["explain", str(images[0]), "--model", str(backbone_dir), "--method", "generic", "--target-dim", "3", "--out", str(out)]) == 0
+    summary = json.loads((out / "explanations.json").read_text())
+    assert summary["target"] == "feature 3 of the pooled output"
+    expected = attnlens.explain(attnlens.load(backbone_dir), images[0], method="generic", target=FeatureTarget(3))
+    np.testing.assert_array_equal(np.load(out / summary["images"][0]["map"]), expected.relevance[0].numpy())
+    assert main(["explain", str(images[0]), "--model", str(backbone_dir), "--method", "generic", "--out", str(tmp_path / "x")]) == 2
+    assert "--target-dim K" in capsys.readouterr().err
+    code = main(["explain", str(images[0]), "--model", str(backbone_dir), "--target-dim", "99", "--out", str(tmp_path / "y")])
+    assert code == 2 and "--target-dim 99 is out of range: the pooled output has 32 features" in capsys.readouterr().err
+
+
+def test_text_explains_the_image_text_similarity_of_clip(tmp_path, images) -> None:
+    from pathlib import Path
+
+    clip_dir = Path(__file__).parent / "data" / "goldens" / "clip"
+    maps = []
+    for number, text in enumerate(["a red circle", "a photo of a dog"]):
+        out = tmp_path / str(number)
+        assert main(["explain", str(images[0]), "--model", str(clip_dir), "--method", "generic", "--text", text, "--out", str(out)]) == 0
+        summary = json.loads((out / "explanations.json").read_text())
+        assert summary["target"] == f"similarity to the text {text!r}"
+        maps.append(np.load(out / summary["images"][0]["map"]))
+    assert not np.allclose(maps[0], maps[1])  # the map depends on the text
+
+
+def test_text_needs_an_image_text_model(tiny_vit_dir, images, tmp_path, capsys) -> None:
+    assert main(["explain", str(images[0]), "--model", str(tiny_vit_dir), "--text", "a cat", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnlens: error: ") and err.count("\n") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -79,6 +80,20 @@ def _model_class(config) -> type:
     return transformers.AutoModel
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+
+
+def _check_missing_folder(source: str) -> None:
+    """A source that is no existing path and cannot be a hub id is a missing local folder: say so,
+    instead of the hub client's repo-id rules."""
+    if _HUB_ID.match(source) and not source.endswith((".", "-")):
+        return
+    raise ModelLoadError(
+        f"{source}: no such folder; pass an existing folder written by save_pretrained, a hub id such as "
+        "'google/vit-base-patch16-224', 'timm:NAME' or 'default'"
+    )
+
+
 def _load_hf(source: str, allow_pickle: bool, options: dict[str, Any]) -> AttnLensModel:
     import transformers
 
@@ -87,6 +102,8 @@ def _load_hf(source: str, allow_pickle: bool, options: dict[str, Any]) -> AttnLe
     if is_local:
         _check_folder(local, allow_pickle)
         source = str(local)
+    else:
+        _check_missing_folder(source)
     hub_kwargs = {k: options.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in options}
     try:
         config = transformers.AutoConfig.from_pretrained(source, **hub_kwargs)

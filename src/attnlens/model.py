@@ -132,10 +132,35 @@ class AttnLensModel:
             raise InputError(f"pixel tensor must be (B, C, H, W) or (C, H, W), got shape {tuple(pixels.shape)}")
         if not pixels.is_floating_point():
             raise InputError(f"pixel tensor must be floating point (normalised), got {pixels.dtype}")
+        self._check_channels(pixels)
         patch = self.patch_size
         if pixels.shape[-2] < patch[0] or pixels.shape[-1] < patch[1]:
             raise InputError(f"input {tuple(pixels.shape[-2:])} is smaller than one {patch} patch")
         return pixels.to(device=self.device, dtype=self.dtype)
+
+    @property
+    def num_channels(self) -> int:
+        """Colour channels the model expects (its config's ``num_channels`` or timm's ``in_chans``; default 3)."""
+        config = getattr(self.module, "config", None)
+        config = getattr(config, "vision_config", None) or config
+        for value in (getattr(config, "num_channels", None), getattr(self.module, "in_chans", None)):
+            if isinstance(value, int):
+                return value
+        return 3
+
+    def _check_channels(self, pixels: torch.Tensor) -> None:
+        """One-line errors for channels-last tensors and for a channel count the model does not take."""
+        expected = self.num_channels
+        if pixels.shape[1] == expected:
+            return
+        shape = tuple(pixels.shape)
+        if pixels.shape[-1] == expected:
+            raise InputError(
+                f"pixel tensor {shape} looks channels-last (B, H, W, C); the model takes (B, C, H, W): "
+                "pass pixels.permute(0, 3, 1, 2), or pass the images as arrays / PIL images to preprocess them"
+            )
+        fix = "repeat it to 3 channels (pixels.expand(-1, 3, -1, -1)) or pass the image as a file / PIL image" if pixels.shape[1] == 1 else "pass images as files, PIL images or arrays to preprocess them"
+        raise InputError(f"pixel tensor {shape} has {shape[1]} channel(s) but the model takes {expected}; {fix}")
 
     # ----------------------------------------------------------------- tokens and forward
     def token_layout(self, pixels: torch.Tensor | tuple[int, int] | None = None) -> TokenLayout:

@@ -42,14 +42,18 @@ def test_maps_equal_the_api_and_every_artefact_is_written(model, images, tmp_pat
     assert summary["method"] == "rollout" and summary["options"] == {"start_layer": 1} and summary["maps"] == "npy"
     for row, (record, path) in enumerate(zip(summary["images"], images)):
         assert record["image"] == str(path) and record["overlay"] == f"{path.stem}_rollout.png"
-        assert record["map"] == {"file": f"{path.stem}_rollout.npy", "key": None}
-        np.testing.assert_array_equal(np.load(out / record["map"]["file"]), expected.relevance[row].numpy())
+        assert record["map"] == f"{path.stem}_rollout.npy" and record["row"] == row
+        np.testing.assert_array_equal(np.load(out / record["map"]), expected.relevance[row].numpy())
         predicted = int(expected.logits[row].argmax())
         assert record["target"]["index"] == predicted and record["top5"][0]["index"] == predicted
         assert len(record["top5"]) == 5
         with Image.open(out / record["overlay"]) as overlay:
-            assert overlay.size == Image.open(path).size
+            assert min(overlay.size) >= 384  # small inputs are upsampled for display
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in run.files)
+    saved = attnlens.Explanation.load(out / summary["explanation"])
+    torch.testing.assert_close(saved.relevance, expected.relevance)
+    assert saved.image_names == [str(path) for path in images] and saved.method == "rollout"
+    assert saved.options == {"start_layer": 1} and saved.input_index.tolist() == [0, 1, 2]
     assert not list(out.glob(".*.tmp"))
 
 
@@ -65,17 +69,14 @@ def test_the_explained_class_is_recorded_not_the_predicted_one(model, images, tm
 @pytest.mark.parametrize("maps", ["npz", "safetensors"])
 def test_all_maps_in_one_file(model, images, tmp_path, maps) -> None:
     out = tmp_path / maps
-    run = explain_files(model, images, method="attention", options={"layer": 0}, out=out, maps=maps)
-    names = [f"{path.stem}_attention" for path in images]
-    assert [record["map"] for record in run.records] == [{"file": f"maps.{maps}", "key": name} for name in names]
-    if maps == "npz":
-        stored = dict(np.load(out / "maps.npz"))
-    else:
-        from safetensors.numpy import load_file
-
-        stored = load_file(str(out / "maps.safetensors"))
-    for row, name in enumerate(names):
-        np.testing.assert_array_equal(stored[name], run.relevance[row].numpy())
+    run = explain_files(model, images, method="attention", options={"layer": 0}, batch_size=2, out=out, maps=maps)
+    assert run.summary["explanation"] == f"explanation.{maps}"
+    assert [record["map"] for record in run.records] == [None] * 3 and [r["row"] for r in run.records] == [0, 1, 2]
+    stored = attnlens.Explanation.load(out / f"explanation.{maps}")
+    torch.testing.assert_close(stored.relevance, run.relevance)
+    assert stored.input_index.tolist() == [0, 1, 2]  # batches joined, image indices offset
+    assert stored.target_names == run.explanation.target_names and stored.options == {"layer": 0}
+    torch.testing.assert_close(stored.logits, run.explanation.logits)
     assert not list(out.glob("*.npy"))
 
 
@@ -128,10 +129,11 @@ def test_read_images_expands_folders_and_names_outputs_uniquely(images, tmp_path
 
 
 def test_compare_file_draws_every_chosen_method(model, images, tmp_path) -> None:
-    run = compare_file(model, images[0], methods=["rollout", "attention"], options={"start_layer": 1}, out=tmp_path)
+    run = compare_file(model, images[:2], methods=["rollout", "attention"], options={"start_layer": 1}, out=tmp_path)
     assert run.methods == ["rollout", "attention"] and run.files == [tmp_path / "wide_compare.png"]
+    assert [image.stem for image in run.images] == ["wide", "gray"]
     with Image.open(run.files[0]) as figure:
-        assert figure.width > 2 * figure.height
+        assert figure.width > figure.height > 500  # a grid: one row per image
     with pytest.raises(InputError, match="no chosen method has the option"):
         compare_file(model, images[0], methods=["attention"], options={"start_layer": 1}, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -27,6 +27,10 @@ def image() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (40, 36, 3), dtype=np.uint8)
 
 
+def _panels(figure: Figure) -> list:
+    return [axis for axis in figure.axes if axis.get_label() != "<colorbar>"]
+
+
 def _texts(figure: Figure) -> str:
     parts = []
     for axis in figure.axes:
@@ -38,15 +42,15 @@ def test_all_methods_by_default(vit, image, tmp_path) -> None:
     figure = compare_figure(vit, image)
     assert isinstance(figure, Figure)
     names = list(methods())
-    assert len(figure.axes) == 1 + len(names)
-    assert [axis.get_title() for axis in figure.axes[1:]] == names
+    assert len(_panels(figure)) == 1 + len(names)
+    assert [axis.get_title().rstrip(" †") for axis in _panels(figure)[1:]] == names
     text = _texts(figure)
     assert "top-5 predictions" in text
     with torch.no_grad():
         probabilities = vit.logits(vit.preprocess([image])).softmax(-1)[0]
     for index in probabilities.topk(5).indices.tolist():
         assert vit.id2label[index] in text
-    assert all(axis.images for axis in figure.axes)  # every panel drew an image
+    assert all(axis.images for axis in _panels(figure))  # every panel drew an image
     path = save_figure(figure, tmp_path / "out" / "compare.png")
     assert path.is_file() and path.stat().st_size > 1000
     assert sorted(p.name for p in path.parent.iterdir()) == ["compare.png"]  # no temp file left
@@ -55,13 +59,13 @@ def test_all_methods_by_default(vit, image, tmp_path) -> None:
 
 def test_subset_options_and_several_targets(vit, image) -> None:
     figure = compare_figure(vit, image, methods=["rollout", "attention"], target=[[1, "class_3"]], start_layer=1, top_k=2)
-    assert len(figure.axes) == 2 * 3
-    titles = [axis.get_title() for axis in figure.axes]
-    assert titles[0].endswith("class_1") and titles[3].endswith("class_3")
+    assert len(_panels(figure)) == 2 * 3
+    titles = [axis.get_title() for axis in _panels(figure)]
+    assert "→ class_1 (" in titles[0] and "→ class_3 (" in titles[3]
     assert "top-2 predictions" in _texts(figure)
-    single = compare_figure(vit, torch.randn(3, 32, 48), methods="generic")  # tensor, non-square
-    assert len(single.axes) == 2
-    assert single.axes[0].images[0].get_array().shape[:2] == (32, 48)
+    single = compare_figure(vit, torch.randn(3, 32, 48), methods="generic", interpolation="nearest")  # tensor, non-square
+    assert len(_panels(single)) == 2
+    assert single.axes[0].images[0].get_array().shape[:2] == (192, 288)  # upsampled by a whole factor for display
 
 
 def test_errors(vit, image) -> None:
@@ -71,10 +75,17 @@ def test_errors(vit, image) -> None:
         compare_figure(vit, image, methods=["attention"], no_such_option=3)
     with pytest.raises(InputError, match="start_layer"):
         compare_figure(vit, image, methods=["attention"], start_layer=1)  # attention has no start_layer
-    with pytest.raises(InputError, match="one image"):
-        compare_figure(vit, [image, image])
-    with pytest.raises(InputError, match="one image"):
-        compare_figure(vit, torch.randn(2, 3, 32, 32))
+    with pytest.raises(InputError, match="unknown scale"):
+        compare_figure(vit, image, methods=["attention"], scale="global")
+    with pytest.raises(InputError, match="unknown interpolation"):
+        compare_figure(vit, image, methods=["attention"], interpolation="cubic")
+    with pytest.raises(InputError, match="one name per image"):
+        compare_figure(vit, [image, image], methods=["attention"], names=["a"])
+
+
+def test_rows_are_images(vit, image) -> None:
+    figure = compare_figure(vit, torch.randn(2, 3, 32, 32), methods=["attention"])
+    assert [axis.get_title().split("\n")[0] for axis in _panels(figure)[::2]] == ["image 0", "image 1"]
 
 
 def test_backbone_and_unsupported_method(image, monkeypatch) -> None:
@@ -94,7 +105,7 @@ def test_backbone_and_unsupported_method(image, monkeypatch) -> None:
     config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
     backbone = transformers.ViTModel(config).eval()
     figure = compare_figure(backbone, image, methods=["generic", "refuses"], target=lambda out: out.pooler_output[:, 0])
-    assert len(figure.axes) == 3
+    assert len(_panels(figure)) == 3
     text = _texts(figure)
     assert "not supported" in text
     assert "predictions" not in text  # a backbone has no classes

@@ -10,15 +10,22 @@
 * :func:`command` — the error contract of a sub-command's body: an
   :class:`~attnlens.errors.AttnLensError` or ``OSError`` is one line ``attnlens: error: ...`` on
   stderr and exit status 2 (with ``--debug``, before or after the sub-command: the traceback), an
-  interrupt exits 130.
+  interrupt exits 130; a Python warning is one line ``attnlens: warning: ...`` on stderr (written
+  above a running progress bar, never into it).
+
+The global flags ``--debug``, ``--quiet`` and ``--threads N`` are accepted before or after the
+sub-command. Progress bars go to stderr, only when it is a terminal and neither ``--quiet`` nor
+``--no-progress`` is given, so stdout stays parseable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from attnlens.app.schemas import option_owners
@@ -33,6 +40,8 @@ MODEL_HELP = (
     "(if timm is installed) or 'default' (the embedded default model; the default)"
 )
 DEBUG_HELP = "show the full traceback of an error (accepted before or after the sub-command)"
+QUIET_HELP = "no progress bars (accepted before or after the sub-command)"
+THREADS_HELP = "torch CPU threads, >= 1 (default: torch's choice; accepted before or after the sub-command)"
 
 
 def one_line(error: BaseException) -> str:
@@ -49,22 +58,34 @@ class Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- shared flags
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1 (a one-line usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give a whole number >= 1")
+    return value
+
+
 def add_debug_flag(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
-    """``--debug``. On sub-commands it defaults to "not given", so that a ``--debug`` before the
-    sub-command is kept."""
-    default = False if top_level else argparse.SUPPRESS
-    parser.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
+    """The global flags ``--debug``, ``--quiet`` and ``--threads N``. On sub-commands they default
+    to "not given", so that a flag given before the sub-command is kept."""
+    defaults = (False, False, None) if top_level else (argparse.SUPPRESS,) * 3
+    parser.add_argument("--debug", action="store_true", default=defaults[0], help=DEBUG_HELP)
+    parser.add_argument("--quiet", "-q", action="store_true", default=defaults[1], help=QUIET_HELP)
+    parser.add_argument("--threads", type=positive_int, default=defaults[2], metavar="N", help=THREADS_HELP)
 
 
 def add_model_flags(parser: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
-    """``--model``, ``--device``, ``--allow-pickle``, ``--threads`` and ``--debug``."""
+    """``--model``, ``--device``, ``--allow-pickle`` and the global flags."""
     parser.add_argument("--model", "-m", default=None, metavar="SOURCE", help=model_help)
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     parser.add_argument(
         "--allow-pickle", action="store_true",
         help="allow loading pickle checkpoints (pytorch_model.bin); only for files you trust",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_debug_flag(parser)
 
 
@@ -94,8 +115,9 @@ def size_of(args: argparse.Namespace) -> tuple[int, int] | None:
 
 
 def progress_of(args: argparse.Namespace) -> bool:
-    """Show a progress bar: not disabled, and stderr is a terminal."""
-    return not args.no_progress and sys.stderr.isatty()
+    """Show a progress bar (on stderr): neither ``--no-progress`` nor ``--quiet``, and stderr is a terminal."""
+    quiet = getattr(args, "no_progress", False) or getattr(args, "quiet", False)
+    return not quiet and sys.stderr.isatty()
 
 
 def load_model(args: argparse.Namespace, source: str | None = None):
@@ -183,6 +205,28 @@ def option_values(args: argparse.Namespace) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the error contract
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the command line: writes one line ``attnlens: warning: ...``
+    to stderr above a running progress bar (no category, no source line) and returns no text, so
+    Python's ``showwarning`` adds nothing. Warnings recorded by a caller (``catch_warnings(record=True)``)
+    are never formatted, so they stay ordinary warnings."""
+    from tqdm import tqdm
+
+    tqdm.write(f"attnlens: warning: {one_line(message)}", file=sys.stderr)
+    return ""
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show warnings with :func:`format_warning` inside the block (restored afterwards)."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Wrap a sub-command's body in the error contract (see the module docstring); also applies
     ``--threads``."""
@@ -195,8 +239,9 @@ def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             if threads is not None:
                 import torch
 
-                torch.set_num_threads(max(1, threads))
-            return run(args)
+                torch.set_num_threads(threads)
+            with one_line_warnings():
+                return run(args)
         except (AttnLensError, OSError) as error:
             if debug:
                 raise

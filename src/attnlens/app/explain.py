@@ -9,6 +9,7 @@ evaluation runner and a web app call, so that all of them give the same maps as
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,14 +22,15 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from attnlens.app.inputs import ImageInput, Inputs, InputLike, check_batch_size, check_overlay_settings, read_images, unique_names
-from attnlens.app.outputs import Artefacts, check_map_format, json_ready
+from attnlens.app.inputs import ImageInput, Inputs, check_batch_size, check_overlay_settings, read_images, unique_names
+from attnlens.app.outputs import Artefacts, explanation_file, json_ready
 from attnlens.app.schemas import method_options, method_schemas
 from attnlens.attribution.targets import Target, is_callable_target, top_k
 from attnlens.errors import InputError
-from attnlens.explainers import Explanation, explain
+from attnlens.explainers import Explanation, explain, get_method
 from attnlens.model import AttnLensModel, as_model
-from attnlens.viz.compare import compare_figure
+from attnlens.viz.compare import class_caption, class_probability, compare_figure
+from attnlens.viz.heatmap import DISPLAY_SIZE, check_interpolation, overlay_figure
 
 DEFAULT_METHOD = "transformer_attribution"
 TOP_K = 5
@@ -45,6 +47,21 @@ class ExplainedBatch:
     def overlays(self, alpha: float = 0.5, colormap: str = "jet") -> list:
         """One RGB PIL image per explained row: its normalised map over its image."""
         return self.explanation.overlay([image.array for image in self.inputs], alpha=alpha, colormap=colormap)
+
+    def figures(self, alpha: float = 0.85, colormap: str | None = None, interpolation: str = "bilinear") -> list[Figure]:
+        """One figure per explained row (:func:`attnlens.viz.heatmap.overlay_figure`): its raw map
+        over its image at a legible size, with a colour bar and the title
+        ``image · method · class (probability)``."""
+        explanation = self.explanation
+        method = explanation.method if get_method(explanation.method).class_specific else f"{explanation.method} (class-agnostic)"
+        figures = []
+        for row, image in enumerate(explanation.input_index.tolist()):
+            title = " · ".join(part for part in (Path(self.inputs[image].name).name, method, class_caption(explanation, row)) if part)
+            figures.append(overlay_figure(
+                self.inputs[image].array, explanation.relevance[row], title=title, colormap=colormap, alpha=alpha,
+                minimum=DISPLAY_SIZE, interpolation=interpolation,
+            ))
+        return figures
 
 
 @dataclass
@@ -73,9 +90,63 @@ class ExplainRun:
         """``(N, h, w)`` raw relevance of every explained row, in input order."""
         return torch.cat([batch.explanation.relevance for batch in self.batches])
 
+    @property
+    def explanation(self) -> Explanation:
+        """The whole run as one :class:`~attnlens.Explanation`, with the image names (what the
+        run's explanation file holds)."""
+        return whole_run(self.batches)
+
     def overlays(self, alpha: float = 0.5, colormap: str = "jet") -> list:
         """One RGB PIL image per explained row (see :meth:`ExplainedBatch.overlays`)."""
         return [image for batch in self.batches for image in batch.overlays(alpha, colormap)]
+
+
+def whole_run(batches: Sequence[ExplainedBatch]) -> Explanation:
+    """The explanations of ``batches`` joined, with their images' names."""
+    joined = Explanation.concat([batch.explanation for batch in batches])
+    joined.image_names = [image.name for batch in batches for image in batch.inputs]
+    return joined
+
+
+class TextTarget:
+    """Target for image-text models (CLIP, SigLIP; CLI ``explain --text``): the similarity logit
+    ``exp(logit_scale) * cos(image, text) + logit_bias`` of each image with one text, the objective
+    of :func:`attnlens.explain_clip` (Chefer et al., ICCV 2021), as a callable target on the
+    vision tower's output: its pooled features, projected where the model has a
+    ``visual_projection`` (CLIP; SigLIP's pooled output is the embedding already).
+    """
+
+    def __init__(self, model: AttnLensModel, text: str) -> None:
+        from attnlens.clip.explain import check_clip_model
+        from attnlens.clip.objective import logit_parameters
+        from attnlens.clip.text import tokenize_texts
+        from attnlens.clip.towers import encode_texts
+
+        self.model = check_clip_model(model, "explain --text")
+        with torch.no_grad():
+            self.features = torch.nn.functional.normalize(encode_texts(self.model, tokenize_texts(self.model, [text])), dim=-1)
+        self.scale, self.bias = logit_parameters(self.model, self.features.dtype)
+        self.description = f"similarity to the text {text!r}"
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        from attnlens.attribution.targets import pooled_features
+
+        image = pooled_features(output)
+        projection = getattr(self.model.module, "visual_projection", None)
+        if projection is not None:
+            image = projection(image)
+        unit = torch.nn.functional.normalize(image, dim=-1)
+        return self.scale * (unit @ self.features.to(unit).T)[:, 0] + self.bias
+
+
+def warn_if_target_ignored(method: str, target: Target) -> None:
+    """A one-line ``UserWarning`` when a target is given to a method whose map does not depend on it."""
+    if target is not None and not get_method(method).class_specific:
+        warnings.warn(
+            f"method {method!r} ignores the target: its map is the same for every class (the target is only "
+            "recorded); use a class-specific method such as transformer_attribution or attnlrp",
+            UserWarning, stacklevel=3,
+        )
 
 
 def batch_target(target: Target, start: int, stop: int, count: int) -> Target:
@@ -94,7 +165,9 @@ def batch_target(target: Target, start: int, stop: int, count: int) -> Target:
 
 
 def _target_json(target: Target) -> Any:
-    return "callable" if is_callable_target(target) else json_ready(target)
+    """The target as JSON: its ``description`` (e.g. a :class:`~attnlens.attribution.targets.FeatureTarget`)
+    or ``"callable"`` for callables."""
+    return getattr(target, "description", "callable") if is_callable_target(target) else json_ready(target)
 
 
 def row_names(explanation: Explanation, stems: Sequence[str], method: str) -> list[str]:
@@ -116,15 +189,12 @@ def _predictions(model: AttnLensModel, explanation: Explanation, count: int) -> 
     return top_k(explanation.logits, model.id2label, TOP_K)
 
 
-def _write_map(artefacts: Artefacts, maps: str, name: str, values: np.ndarray, collected: dict[str, np.ndarray]) -> dict[str, Any] | None:
-    """Save one raw map (``.npy`` now, or kept for the one ``maps.npz``/``.safetensors`` file);
-    returns its ``{"file", "key"}`` entry for the JSON record (``None`` if not saved)."""
-    if artefacts.folder is None or maps == "none":
+def _write_map(artefacts: Artefacts, maps: str, name: str, values: np.ndarray) -> str | None:
+    """Save one raw map as ``<name>.npy`` now (``maps="npy"``); returns the file name for the JSON
+    record (``None`` if not saved)."""
+    if artefacts.folder is None or maps != "npy":
         return None
-    if maps == "npy":
-        return {"file": artefacts.write_array(f"{name}.npy", values).name, "key": None}
-    collected[name] = values
-    return {"file": f"maps.{maps}", "key": name}
+    return artefacts.write_array(f"{name}.npy", values).name
 
 
 def explain_files(
@@ -137,20 +207,24 @@ def explain_files(
     size: tuple[int, int] | None = None,
     batch_size: int = 8,
     out: str | os.PathLike | None = None,
-    alpha: float = 0.5,
-    colormap: str = "jet",
+    alpha: float = 0.85,
+    colormap: str | None = None,
+    interpolation: str = "bilinear",
     maps: str = "npy",
     progress: bool = False,
 ) -> ExplainRun:
     """Explain every input image with one method and write the results as they are produced.
 
     Per explained row (an image, or an (image, class) pair for several targets per image), into
-    ``out``: ``<image>_<method>.png``, the normalised map over the image, and the raw ``(h, w)``
-    float32 map over the patch grid as ``<image>_<method>.npy`` (``maps="npy"``), or under that key
-    in one ``maps.npz`` / ``maps.safetensors`` (``maps="npz"`` / ``"safetensors"``), or not at all
-    (``"none"``). Finally ``explanations.json``: model, method, validated options, and per row the
-    image, its files, the class actually explained and the top-5 predictions
-    (:func:`attnlens.attribution.targets.top_k`).
+    ``out``, as soon as its batch is explained: ``<image>_<method>.png``, the raw map over the
+    image at a legible size with a colour bar and the title ``image · method · class
+    (probability)`` (:func:`attnlens.viz.heatmap.overlay_figure`), and with ``maps="npy"`` the raw
+    ``(h, w)`` float32 map over the patch grid as ``<image>_<method>.npy``. At the end the whole
+    run as one ``explanation.safetensors`` (``explanation.npz`` with ``maps="npz"``; none with
+    ``"none"``; :meth:`attnlens.Explanation.load` reads it back with the image names), and
+    ``explanations.json``: model, method, validated options, the explanation file, and per row the
+    image, its files, its row in the explanation file, the class actually explained and the top-5
+    predictions (:func:`attnlens.attribution.targets.top_k`).
 
     Args:
         model: from :func:`attnlens.load`, or a plain HF / timm module (wrapped).
@@ -161,7 +235,9 @@ def explain_files(
         size: ``(H, W)`` model input size override.
         batch_size: images per forward pass (the maps do not depend on it).
         out: output folder (created on the first write); ``None`` writes nothing.
-        alpha, colormap: overlay opacity in ``[0, 1]`` and matplotlib colormap.
+        alpha, colormap: heat-map opacity in ``[0, 1]`` and matplotlib colormap (default: diverging
+            for signed maps, sequential otherwise; see :func:`attnlens.viz.heatmap.heat_scale`).
+        interpolation: ``"bilinear"`` or ``"nearest"`` upsampling for display.
         maps: one of :data:`attnlens.app.outputs.MAP_FORMATS`.
         progress: show a progress bar (stderr).
 
@@ -170,14 +246,15 @@ def explain_files(
     """
     wrapped = as_model(model)
     settings = method_options(method, options)
+    warn_if_target_ignored(method, target)
     check_batch_size(batch_size)
     check_overlay_settings(alpha, colormap)
-    check_map_format(maps)
+    check_interpolation(interpolation)
+    run_file = explanation_file(maps)
     images = read_images(inputs)
     artefacts = Artefacts(out)
     batches: list[ExplainedBatch] = []
     records: list[dict[str, Any]] = []
-    collected: dict[str, np.ndarray] = {}
     with tqdm(total=len(images), desc=method, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -187,10 +264,10 @@ def explain_files(
             )
             batch = ExplainedBatch(chunk, explanation)
             batches.append(batch)
-            records.extend(_write_batch(wrapped, batch, artefacts, maps, collected, alpha, colormap))
+            records.extend(_write_batch(wrapped, batch, artefacts, maps, len(records), (alpha, colormap, interpolation)))
             bar.update(len(chunk))
-    if collected:
-        artefacts.write_arrays(f"maps.{maps}", collected)
+    if run_file is not None:
+        artefacts.write_explanation(run_file, whole_run(batches))
     summary = {
         "model": wrapped.source,
         "method": method,
@@ -198,6 +275,7 @@ def explain_files(
         "target": _target_json(target),
         "size": None if size is None else list(size),
         "maps": maps,
+        "explanation": run_file if artefacts.folder is not None else None,
         "images": records,
     }
     artefacts.write_json(SUMMARY_FILE, summary)
@@ -205,27 +283,32 @@ def explain_files(
 
 
 def _write_batch(
-    model: AttnLensModel, batch: ExplainedBatch, artefacts: Artefacts, maps: str,
-    collected: dict[str, np.ndarray], alpha: float, colormap: str,
+    model: AttnLensModel, batch: ExplainedBatch, artefacts: Artefacts, maps: str, first_row: int,
+    drawing: tuple[float, str | None, str],
 ) -> list[dict[str, Any]]:
-    """Write the overlays and raw maps of one batch; returns its JSON records."""
+    """Write the figures and raw maps of one batch (its rows start at ``first_row`` of the run);
+    ``drawing``: alpha, colormap, interpolation. Returns its JSON records."""
     explanation = batch.explanation
     names = row_names(explanation, [image.stem for image in batch.inputs], explanation.method)
     predictions = _predictions(model, explanation, len(batch.inputs))
-    overlays = batch.overlays(alpha, colormap) if artefacts.folder is not None else [None] * len(names)
+    figures = batch.figures(*drawing) if artefacts.folder is not None else [None] * len(names)
     relevance = explanation.relevance.detach().float().cpu().numpy()
     records = []
-    for row, (name, overlay) in enumerate(zip(names, overlays)):
+    for row, (name, figure) in enumerate(zip(names, figures)):
         image = int(explanation.input_index[row])
-        png = artefacts.write_png(f"{name}.png", overlay) if overlay is not None else None
+        png = artefacts.write_figure(f"{name}.png", figure) if figure is not None else None
         records.append(
             {
                 "image": batch.inputs[image].name,
                 "overlay": None if png is None else png.name,
-                "map": _write_map(artefacts, maps, name, relevance[row], collected),
+                "map": _write_map(artefacts, maps, name, relevance[row]),
+                "row": first_row + row,
                 "method": explanation.method,
                 "options": dict(explanation.options),
-                "target": {"index": int(explanation.targets[row]), "label": explanation.target_names[row]},
+                "target": {
+                    "index": int(explanation.targets[row]), "label": explanation.target_names[row],
+                    "probability": class_probability(explanation, row),
+                },
                 "top5": predictions[image],
             }
         )
@@ -234,9 +317,9 @@ def _write_batch(
 
 @dataclass
 class CompareRun:
-    """What :func:`compare_file` drew and wrote: the image, the methods, the figure, the file."""
+    """What :func:`compare_file` drew and wrote: the images, the methods, the figure, the file."""
 
-    image: ImageInput
+    images: list[ImageInput]
     methods: list[str]
     options: dict[str, Any]
     figure: Figure
@@ -245,33 +328,37 @@ class CompareRun:
 
 def compare_file(
     model: AttnLensModel | nn.Module,
-    image: InputLike,
+    images: Inputs,
     *,
     methods: str | Sequence[str] | None = None,
     target: Target = None,
     options: Mapping[str, Any] | None = None,
     size: tuple[int, int] | None = None,
     out: str | os.PathLike | None = None,
-    alpha: float = 0.5,
-    colormap: str = "jet",
+    alpha: float = 0.85,
+    colormap: str | None = None,
+    scale: str = "panel",
+    interpolation: str = "bilinear",
+    progress: bool = False,
 ) -> CompareRun:
-    """One figure of the image and the map of every chosen method
+    """One grid figure, rows = images, columns = methods
     (:func:`attnlens.viz.compare.compare_figure`, with the top-5 predictions), written to
-    ``out/<image>_compare.png``.
+    ``out/<first image>_compare.png``.
 
     ``methods``: names (default: every registered method); ``options`` go to the chosen methods
-    that take them (an option none of them takes is refused). The image is read and every setting
-    checked before the figure is drawn.
+    that take them (an option none of them takes is refused); ``scale``: ``"panel"`` or
+    ``"shared"`` (one colour scale per method over all images). The images are read and every
+    setting checked before the figure is drawn.
     """
     check_overlay_settings(alpha, colormap)
     names = list(method_schemas([methods] if isinstance(methods, str) else methods))
-    images = read_images(image)
-    if len(images) != 1:
-        raise InputError(f"compare shows one image, got {len(images)}")
+    read = read_images(images)
     settings = dict(options or {})
     figure = compare_figure(
-        model, images[0].array, names, target, size=size, top_k=TOP_K, alpha=alpha, colormap=colormap, **settings
+        model, [image.array for image in read], names, target, names=[Path(image.name).name for image in read],
+        size=size, top_k=TOP_K, alpha=alpha, colormap=colormap, scale=scale, interpolation=interpolation,
+        progress=progress, **settings,
     )
     artefacts = Artefacts(out)
-    artefacts.write_figure(f"{images[0].stem}_compare.png", figure)
-    return CompareRun(images[0], names, settings, figure, artefacts.files)
+    artefacts.write_figure(f"{read[0].stem}_compare.png", figure)
+    return CompareRun(read, names, settings, figure, artefacts.files)

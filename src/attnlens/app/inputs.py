@@ -106,15 +106,15 @@ def input_names(images: Any) -> list[str]:
     return [str(item) if _is_path(item) else describe(item, index) for index, item in enumerate(items)]
 
 
-def check_overlay_settings(alpha: float, colormap: str) -> None:
+def check_overlay_settings(alpha: float, colormap: str | None) -> None:
     """Raise a one-line :class:`InputError` unless ``0 <= alpha <= 1`` and ``colormap`` is a
-    matplotlib colormap name."""
+    matplotlib colormap name (or ``None``: chosen from the map's sign)."""
     from matplotlib import colormaps
 
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
         raise InputError(f"alpha (heat-map opacity) must be between 0 and 1, got {alpha!r}")
-    if colormap not in colormaps:
-        raise InputError(f"unknown colormap {colormap!r}; e.g. jet, viridis, inferno, magma, turbo")
+    if colormap is not None and colormap not in colormaps:
+        raise InputError(f"unknown colormap {colormap!r}; e.g. inferno, viridis, magma, RdBu_r, jet")
 
 
 def check_batch_size(batch_size: int) -> None:

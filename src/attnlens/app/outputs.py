@@ -24,8 +24,16 @@ from attnlens.errors import InputError
 from attnlens.viz.io import atomic_write, save_figure, write_bytes_atomic
 
 MAP_FORMATS = ("npy", "npz", "safetensors", "none")
-"""How raw relevance maps are saved: one ``.npy`` per map, all maps in one ``.npz`` or
-``.safetensors`` file (keyed by the map's name), or not at all."""
+"""How raw relevance maps are saved: ``npy``: one ``.npy`` per map as it is computed (a killed run
+keeps what it finished) and the run's ``explanation.safetensors``; ``npz`` / ``safetensors``: only
+the run's ``explanation.npz`` / ``explanation.safetensors`` (:meth:`attnlens.Explanation.save`,
+read back with :meth:`attnlens.Explanation.load`); ``none``: no raw maps."""
+
+
+def explanation_file(maps: str) -> str | None:
+    """The name of a run's explanation file for the map format ``maps`` (``None``: not saved)."""
+    check_map_format(maps)
+    return None if maps == "none" else f"explanation.{'npz' if maps == 'npz' else 'safetensors'}"
 
 
 def json_ready(value: Any) -> Any:
@@ -103,13 +111,8 @@ class Artefacts:
             return None
         return self._written(atomic_write(self.folder / name, lambda handle: np.save(handle, array)))
 
-    def write_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
-        """Named arrays in one ``.npz`` or ``.safetensors`` file (from the suffix of ``name``)."""
+    def write_explanation(self, name: str, explanation) -> Path | None:
+        """An :class:`~attnlens.Explanation` as ``.safetensors`` or ``.npz`` (:meth:`~attnlens.Explanation.save`)."""
         if self.folder is None:
             return None
-        if name.endswith(".safetensors"):
-            from safetensors.numpy import save
-
-            data = save({key: np.ascontiguousarray(value) for key, value in arrays.items()})
-            return self.write_bytes(name, data)
-        return self._written(atomic_write(self.folder / name, lambda handle: np.savez(handle, **arrays)))
+        return self._written(explanation.save(self.folder / name))

@@ -37,7 +37,7 @@ from attnlens.probe.dino import OPTIONS as DINO_OPTIONS, check_single_layer, cls
 from attnlens.probe.distance import OPTIONS as MAD_OPTIONS, dataset_mean_attention_distance
 from attnlens.probe.entropy import ENTROPY, OPTIONS as ENTROPY_OPTIONS, PREFIX_MASS, entropy_reducer, prefix_mass_reducer
 from attnlens.probe.norms import OPTIONS as NORMS_OPTIONS, dataset_token_norm_stats, high_norm_tokens, token_norms
-from attnlens.probe._stream import Images, StreamReport, attention_pass, iter_image_batches, iter_named_batches, to_pixels
+from attnlens.probe._stream import Images, StreamReport, attention_pass, iter_named_batches, to_pixels
 from attnlens.probe.figures import cka_figure, dino_figure, layer_head_figure, mad_figure, norm_maps_figure
 from attnlens.probe.stats import dataset_attention_stats
 
@@ -174,6 +174,11 @@ def display_image(model: AttnLensModel, pixels: torch.Tensor):
     return image
 
 
+def short_name(name: str) -> str:
+    """A short label for figures: the last part of a path or hub id (``/data/models/vit-b`` -> ``vit-b``)."""
+    return Path(name.rstrip("/")).name or name
+
+
 def figure_stem(name: str, index: int) -> str:
     """``0003_cat``: the position and the file stem of an image (``image`` for in-memory ones)."""
     stem = Path(name).stem if not name.startswith("image #") else "image"
@@ -215,7 +220,7 @@ def probe_dino(
                 for head in range(image_maps.shape[0])
             )
             if index < max_figures and run.artefacts.folder is not None:
-                shown = Path(name).name if not name.startswith("image #") else name
+                shown = short_name(name) if not name.startswith("image #") else name
                 figure = dino_figure(
                     image_maps, display_image(run.model, image_pixels), masks=image_masks,
                     title=f"{shown} — {layer_name}, keep {keep:g}",
@@ -245,7 +250,7 @@ def probe_cka(
         result = model_cka_matrix(
             run.model, second, images, _layers(settings["layer"]), _layers(settings["layer_b"]), **common
         )
-        labels = (f"{run.model.source} block", f"{second.source} block")
+        labels = (f"{short_name(run.model.source)} block", f"{short_name(second.source)} block")
         title = "CKA between models"
     else:
         if settings["layer_b"]:
@@ -277,13 +282,13 @@ def probe_norms(
     if run.artefacts.folder is not None:
         with warnings.catch_warnings():  # the dataset pass already warned about unreadable files
             warnings.simplefilter("ignore")
-            first = next(iter(iter_image_batches(images, 1)))
-        example = token_norms(run.model, first, layers, size=run.stream["size"])
+            ((name, first),) = next(iter(iter_named_batches(images, 1)))
+        example = token_norms(run.model, [first], layers, size=run.stream["size"])
         maps = example.patch_maps[:, 0]
         outliers = high_norm_tokens(maps, threshold=threshold, ratio=ratio)
-        figure = norm_maps_figure(
-            maps, example.layer_names, outliers=outliers, title="Token norms (first image); circles: high-norm outliers"
-        )
+        found = int(outliers.sum())
+        marked = f"circles: {found} high-norm outlier patch(es)" if found else "no high-norm outliers"
+        figure = norm_maps_figure(maps, example.layer_names, outliers=outliers, title=f"Token norms of {short_name(name)}; {marked}")
         run.artefacts.write_figure("norms.png", figure)
     run.artefacts.write_csv("norms.csv", stats.rows())
     return run.finish(stats, stats.to_dict(), stats.num_images, len(stats.skipped))

@@ -29,6 +29,48 @@ from attnlens.errors import InputError
 Target = Union[None, int, str, Sequence[Any], torch.Tensor, Callable[[Any], torch.Tensor]]
 
 
+def pooled_features(output: Any) -> torch.Tensor:
+    """``(B, D)`` pooled features of a model output: a ``(B, D)`` tensor itself, else the output's
+    ``pooler_output`` / ``image_embeds``, else the first token of ``last_hidden_state``."""
+    if isinstance(output, torch.Tensor) and output.dim() == 2:
+        return output
+    for name in ("pooler_output", "image_embeds"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            return value
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, torch.Tensor) and hidden.dim() == 3:
+        return hidden[:, 0]
+    raise InputError(
+        f"cannot find pooled features in a {type(output).__name__} output; pass a callable target that "
+        "returns one (B,) score per image"
+    )
+
+
+class FeatureTarget:
+    """Target: feature ``index`` of the pooled output (:func:`pooled_features`), for backbones
+    without a classification head (DINOv2, CLIP / SigLIP towers; CLI ``--target-dim K``).
+
+    A callable ``f(output) -> (B,)`` target; negative indices count from the end.
+    """
+
+    def __init__(self, index: int) -> None:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise InputError(f"feature index must be an int, got {index!r}")
+        self.index = int(index)
+        self.description = f"feature {self.index} of the pooled output"
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        features = pooled_features(output)
+        size = int(features.shape[-1])
+        if not -size <= self.index < size:
+            raise InputError(f"--target-dim {self.index} is out of range: the pooled output has {size} features (0..{size - 1})")
+        return features[:, self.index]
+
+    def __repr__(self) -> str:
+        return f"FeatureTarget({self.index})"
+
+
 def is_callable_target(target: Target) -> bool:
     return callable(target) and not isinstance(target, (torch.Tensor, str))
 
@@ -52,7 +94,10 @@ def _class_index(entry: Any, id2label: dict[int, str], num_classes: int) -> int:
         for index, name in id2label.items():
             if name.lower() == entry.lower():
                 return index
-        raise InputError(f"unknown class name {entry!r}; valid names: {sorted(id2label.values())}")
+        raise InputError(
+            f"unknown class name {entry!r}; pass a class index 0..{num_classes - 1} or one of the names "
+            f"{sorted(id2label.values())}"
+        )
     if isinstance(entry, torch.Tensor) and entry.numel() == 1 and not entry.is_floating_point():
         entry = int(entry.item())
     if isinstance(entry, numbers.Integral):
@@ -79,8 +124,10 @@ def resolve_targets(
         return OutputFunction(target, batch_size)
     if logits is None:
         raise InputError(
-            "this model has no classification head, so class targets do not apply; pass a callable "
-            "target, e.g. target=lambda out: out.pooler_output[:, 0]"
+            "this model has no classification head, so class targets do not apply; explain a feature of "
+            "the pooled output with target=FeatureTarget(k) (CLI: --target-dim K) or pass a callable "
+            "target, e.g. target=lambda out: out.pooler_output[:, 0] (image-text similarity: attnlens.explain_clip, "
+            "CLI: attnlens clip IMAGE --text TEXT)"
         )
     num_classes = int(logits.shape[-1])
     if target is None:

@@ -26,6 +26,7 @@ Array conventions
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -47,6 +48,7 @@ __all__ = [
     "dataset_labels",
     "save_dataset",
     "class_file_stem",
+    "write_labelled_folder",
 ]
 
 # ---------------------------------------------------------------------------
@@ -371,7 +373,7 @@ def save_dataset(
     masks: np.ndarray,
     names: list[str] | None = None,
 ) -> Path:
-    """Write a data set to ``folder`` as PNG files plus ``labels.json``.
+    """Write a data set to ``folder`` as PNG files plus ``labels.json`` and ``labels.csv``.
 
     Layout::
 
@@ -381,6 +383,8 @@ def save_dataset(
             labels.json           {"<name>.png": {"label": "red circle",
                                                   "label_id": 0,
                                                   "mask": "masks/<name>.png"}, ...}
+            labels.csv            image,label,mask rows in image order (the evaluation
+                                  data-set format of :mod:`attnlens.evaluate.data`)
 
     Args:
         folder: output directory (created if needed).
@@ -419,4 +423,19 @@ def save_dataset(
     with open(out / "labels.json", "w", encoding="utf-8") as fh:
         json.dump(index, fh, indent=2, sort_keys=True)
         fh.write("\n")
+    with open(out / "labels.csv", "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["image", "label", "mask"])
+        writer.writerows([[f"{stem}.png", CLASS_NAMES[int(labels[i])], f"masks/{stem}.png"] for i, stem in enumerate(names)])
     return out
+
+
+def write_labelled_folder(
+    folder: str | os.PathLike[str], n: int, seed: int, image_size: int = 96, config: SyntheticShapesConfig | None = None
+) -> Path:
+    """Generate ``n`` images (:func:`generate_dataset`) and save them with their masks
+    (:func:`save_dataset`): an offline evaluation data set where the object alone decides the
+    class, in the ``labels.csv`` format of :mod:`attnlens.evaluate.data`. Deterministic for
+    ``seed``; returns the folder."""
+    images, labels, masks = generate_dataset(n, seed, image_size, config)
+    return save_dataset(folder, images, labels, masks)

@@ -10,11 +10,15 @@ never re-implement batching, target handling, layer checks or readouts.
 
 from __future__ import annotations
 
+import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from attnlens.adapters.readouts import Readout
@@ -27,9 +31,16 @@ from attnlens.capture import capture_attention
 from attnlens.errors import InputError, UnsupportedModelError
 from attnlens.model import AttnLensModel
 from attnlens.options import Option, OptionSchema
+from attnlens.tokens import TokenLayout
 
 
 # --------------------------------------------------------------------------- the result
+EXPLANATION_FORMAT = "attnlens.explanation/1"
+"""Format tag of files written by :meth:`Explanation.save`."""
+METADATA_KEY = "attnlens"
+"""Key of the JSON metadata in an explanation file."""
+
+
 @dataclass
 class Explanation(RelevanceMaps):
     """Relevance maps over the patch grid, one per explained (image, target) row.
@@ -46,6 +57,11 @@ class Explanation(RelevanceMaps):
         options: the method options used.
         extras: method-specific additional results, e.g. ``"pixel_relevance"`` ``(N, H, W)`` for
             full LRP (the relevance of every input pixel, summed over channels).
+        image_names: optional name of each input image (file names; kept by :meth:`save`).
+
+    :meth:`save` / :meth:`load` round-trip the maps, the explained rows and classes, the logits,
+    the method, its options and the image names through one ``.safetensors`` or ``.npz`` file
+    (``extras`` are not saved); :meth:`concat` joins the explanations of consecutive batches.
     """
 
     targets: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
@@ -54,12 +70,98 @@ class Explanation(RelevanceMaps):
     logits: torch.Tensor | None = None
     options: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    image_names: list[str] = field(default_factory=list)
     kind = "explanation"
 
     @property
     def image_index(self) -> torch.Tensor:
         """``(N,)`` index of the input image each row explains (alias of ``input_index``)."""
         return self.input_index
+
+    @property
+    def num_images(self) -> int:
+        """Number of input images explained (from the logits, else the rows' image indices)."""
+        if self.logits is not None:
+            return int(self.logits.shape[0])
+        return int(self.input_index.max()) + 1 if len(self.input_index) else 0
+
+    @classmethod
+    def concat(cls, parts: Sequence["Explanation"]) -> "Explanation":
+        """One explanation of consecutive batches' explanations (same method, options and layout):
+        rows in order, image indices offset by the images before each part."""
+        if not parts:
+            raise InputError("nothing to concatenate: pass at least one Explanation")
+        offsets = np.cumsum([0] + [part.num_images for part in parts[:-1]]).tolist()
+        first = parts[0]
+        logits = None if any(part.logits is None for part in parts) else torch.cat([part.logits for part in parts])
+        return cls(
+            relevance=torch.cat([part.relevance for part in parts]),
+            input_index=torch.cat([part.input_index + offset for part, offset in zip(parts, offsets)]),
+            input_size=first.input_size, layout=first.layout,
+            targets=torch.cat([part.targets for part in parts]),
+            target_names=[name for part in parts for name in part.target_names],
+            method=first.method, logits=logits, options=dict(first.options),
+            image_names=[name for part in parts for name in part.image_names],
+        )
+
+    def _metadata(self) -> str:
+        layout = self.layout
+        return json.dumps({
+            "format": EXPLANATION_FORMAT, "method": self.method, "options": self.options,
+            "target_names": list(self.target_names), "image_names": list(self.image_names),
+            "input_size": list(self.input_size), "prefix_roles": list(layout.prefix_roles),
+            "grid": list(layout.grid), "patch_size": list(layout.patch_size),
+        }, default=str)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the explanation to ``path`` (``.safetensors`` or ``.npz``, atomically): tensors
+        ``relevance (N, h, w)`` float32, ``input_index (N,)``, ``targets (N,)``, ``logits (B, C)``
+        (if any), and the method, options, class names, image names and token layout as JSON
+        metadata. Returns the path; read it back with :meth:`load`."""
+        from attnlens.viz.io import atomic_write, write_bytes_atomic
+
+        target = Path(path)
+        tensors = {
+            "relevance": self.relevance.detach().float().cpu().contiguous(),
+            "input_index": self.input_index.detach().long().cpu().contiguous(),
+            "targets": self.targets.detach().long().cpu().contiguous(),
+        }
+        if self.logits is not None:
+            tensors["logits"] = self.logits.detach().float().cpu().contiguous()
+        if target.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            return write_bytes_atomic(target, save(tensors, metadata={METADATA_KEY: self._metadata()}))
+        if target.suffix != ".npz":
+            raise InputError(f"cannot save an explanation as {target.name!r}; use a .safetensors or .npz file name")
+        arrays = {key: value.numpy() for key, value in tensors.items()} | {METADATA_KEY: np.array(self._metadata())}
+        return atomic_write(target, lambda handle: np.savez(handle, **arrays))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Explanation":
+        """Read an explanation written by :meth:`save` (``.safetensors`` or ``.npz``)."""
+        source = Path(path)
+        if source.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(source), framework="pt") as handle:
+                text = (handle.metadata() or {}).get(METADATA_KEY)
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        elif source.suffix == ".npz":
+            with np.load(source, allow_pickle=False) as archive:
+                text = str(archive[METADATA_KEY]) if METADATA_KEY in archive.files else None
+                tensors = {key: torch.from_numpy(archive[key]) for key in archive.files if key != METADATA_KEY}
+        else:
+            raise InputError(f"cannot load an explanation from {source.name!r}; expected a .safetensors or .npz file")
+        if text is None:
+            raise InputError(f"{source}: not an attnlens explanation file (no {METADATA_KEY!r} metadata); write it with Explanation.save")
+        meta = json.loads(text)
+        layout = TokenLayout(tuple(meta["prefix_roles"]), tuple(meta["grid"]), tuple(meta["patch_size"]))
+        return cls(
+            relevance=tensors["relevance"], input_index=tensors["input_index"], input_size=tuple(meta["input_size"]),
+            layout=layout, targets=tensors["targets"], target_names=list(meta["target_names"]), method=meta["method"],
+            logits=tensors.get("logits"), options=dict(meta["options"]), image_names=list(meta["image_names"]),
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

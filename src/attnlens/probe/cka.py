@@ -136,7 +136,11 @@ def _prepare(grams: torch.Tensor, unbiased: bool) -> _Prepared:
     if n < _min_examples(unbiased):
         raise InputError(
             f"{'unbiased' if unbiased else 'biased'} HSIC needs at least {_min_examples(unbiased)} examples per "
-            f"(mini)batch, got {n}" + ("; use batch_size >= 4" if unbiased else "")
+            f"(mini)batch, got {n}; "
+            + (
+                f"give at least {CKA_MIN_BATCH} images (and batch_size >= {CKA_MIN_BATCH}), or use the biased "
+                "estimator (biased=True; CLI: --biased)" if unbiased else "give at least 2 images"
+            )
         )
     if unbiased:
         zero_diagonal = grams - torch.diag_embed(grams.diagonal(dim1=-2, dim2=-1))

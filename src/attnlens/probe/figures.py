@@ -15,6 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from attnlens.errors import InputError
+from attnlens.viz.heatmap import add_colorbar, heat_scale
 
 __all__ = ["cka_figure", "dino_figure", "layer_head_figure", "mad_figure", "norm_maps_figure"]
 
@@ -38,15 +39,18 @@ def layer_head_figure(
     layer_names: Sequence[str] | None = None,
     title: str | None = None,
     mean_line: bool = True,
+    num_images: int | None = None,
 ) -> Figure:
-    """Heads as dots per layer (like the ViT paper's mean-attention-distance figure).
+    """Heads as dots per layer (like the ViT paper's mean-attention-distance figure), the mean
+    over heads as a line, with a legend and the number of images ``n`` in the title.
 
-    ``values``: ``(layers, heads)`` (tensor, array, or an object with ``.mean`` and
-    ``.layer_names`` such as :class:`attnlens.probe.stats.LayerHeadStats`), or a mapping
+    ``values``: ``(layers, heads)`` (tensor, array, or an object with ``.mean``, ``.layer_names``
+    and ``.num_images`` such as :class:`attnlens.probe.stats.LayerHeadStats`), or a mapping
     ``label -> (layers, heads)`` to compare several models or settings in one plot.
     """
     if hasattr(values, "mean") and hasattr(values, "layer_names") and not isinstance(values, (np.ndarray, torch.Tensor)):
         layer_names = layer_names or values.layer_names
+        num_images = num_images if num_images is not None else getattr(values, "num_images", None)
         values = values.mean
     series = values if isinstance(values, Mapping) else {None: values}
     figure = Figure(figsize=(6.4, 4.2))
@@ -60,31 +64,36 @@ def layer_head_figure(
         offset = (number - (count - 1) / 2) * 0.15 if count > 1 else 0.0
         x = np.repeat(np.arange(layers, dtype=np.float64), heads) + offset
         colour = f"C{number}"
-        axes.scatter(x, data.reshape(-1), s=18, alpha=0.75, color=colour, label=label, edgecolors="none")
+        prefix = f"{label}: " if label is not None else ""
+        axes.scatter(x, data.reshape(-1), s=18, alpha=0.75, color=colour, label=f"{prefix}one head", edgecolors="none")
         if mean_line:
-            axes.plot(np.arange(layers) + offset, np.nanmean(data, axis=1), color=colour, linewidth=1, alpha=0.6)
+            axes.plot(np.arange(layers) + offset, np.nanmean(data, axis=1), color=colour, linewidth=1, alpha=0.6,
+                      label=f"{prefix}mean over heads")
     layers = _array(next(iter(series.values()))).shape[0]
     axes.set_xticks(range(layers))
     if layer_names is not None and len(layer_names) == layers:
         axes.set_xticklabels([_short(name) for name in layer_names])
     axes.set_xlabel("layer (block)")
     axes.set_ylabel(ylabel)
-    if title:
-        axes.set_title(title)
-    if count > 1:
-        axes.legend(frameon=False)
+    if title or num_images is not None:
+        axes.set_title(" ".join(part for part in (title, None if num_images is None else f"(n = {num_images} images)") if part))
+    axes.legend(frameon=False, fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 
 
-def mad_figure(values: Any, *, units: str = "pixels", layer_names: Sequence[str] | None = None, title: str | None = None) -> Figure:
+def mad_figure(
+    values: Any, *, units: str = "pixels", layer_names: Sequence[str] | None = None, title: str | None = None,
+    num_images: int | None = None,
+) -> Figure:
     """Mean attention distance per head (dots) per layer, as in the ViT paper (Dosovitskiy et al., Fig. 7)."""
     return layer_head_figure(
         values,
         ylabel=f"mean attention distance ({units})",
         layer_names=layer_names,
         title=title or "Mean attention distance per head",
+        num_images=num_images,
     )
 
 
@@ -170,19 +179,26 @@ def dino_figure(
                 bottom.append((f"{names[head]} mask", masks[head].astype(np.float64), "gray"))
         grid.append(bottom)
     columns = len(top)
-    figure = Figure(figsize=(1.8 * columns, 1.9 * len(grid) + (0.35 if title else 0)))
+    figure = Figure(figsize=(1.8 * columns + 0.8, 1.9 * len(grid) + (0.35 if title else 0)), layout="constrained")
+    heat_axes, shown = [], None
+    limits = (0.0, float(maps.max()) or 1.0)  # one scale for every head: attention mass is comparable
     for row, panels in enumerate(grid):
         for column, panel in enumerate(panels):
             if panel is None:
                 continue
             name, data, colours = panel
             axes = figure.add_subplot(len(grid), columns, row * columns + column + 1)
-            axes.imshow(data, cmap=colours, interpolation="nearest")
+            scaled = {"vmin": limits[0], "vmax": limits[1]} if colours == cmap else {}
+            image_shown = axes.imshow(data, cmap=colours, interpolation="nearest", **scaled)
+            if colours == cmap:
+                heat_axes.append(axes)
+                shown = image_shown
             axes.set_title(name, fontsize=8)
             axes.axis("off")
+    if shown is not None:
+        add_colorbar(figure, heat_axes, shown, "CLS attention")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
     return figure
 
 
@@ -194,11 +210,13 @@ def cka_figure(
     row_label: str = "layer",
     column_label: str = "layer",
     title: str | None = None,
-    cmap: str = "magma",
+    cmap: str | None = None,
 ) -> Figure:
     """CKA heatmap (rows x columns), origin at the bottom left as in Kornblith et al. / Raghu et al.
 
-    ``matrix`` may be a :class:`attnlens.probe.cka.CKAResult` (its names are used).
+    ``matrix`` may be a :class:`attnlens.probe.cka.CKAResult` (its names are used). The colour
+    scale spans the real values (:func:`attnlens.viz.heatmap.heat_scale`): sequential for
+    non-negative CKA, diverging and centred on zero when the (unbiased) estimate is negative.
     """
     if hasattr(matrix, "matrix") and hasattr(matrix, "row_names"):
         row_names = row_names or matrix.row_names
@@ -209,8 +227,9 @@ def cka_figure(
         raise InputError(f"expected a (rows, columns) CKA matrix, got shape {data.shape}")
     figure = Figure(figsize=(1.6 + 0.35 * data.shape[1] + 1.5, 1.2 + 0.35 * data.shape[0] + 1.0))
     axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(data, origin="lower", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
-    figure.colorbar(image, ax=axes, label="CKA")
+    scale = heat_scale(data, cmap)
+    image = axes.imshow(data, origin="lower", cmap=scale.colormap, norm=scale.norm, interpolation="nearest", aspect="auto")
+    add_colorbar(figure, axes, image, "CKA")
     if row_names is not None:
         axes.set_yticks(range(data.shape[0]))
         axes.set_yticklabels([_short(n) for n in row_names], fontsize=7)

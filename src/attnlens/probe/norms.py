@@ -102,14 +102,21 @@ def token_norms(
 
 
 def high_norm_tokens(
-    maps: torch.Tensor, *, threshold: float | None = None, ratio: float = DEFAULT_RATIO
+    maps: torch.Tensor | TokenNorms, *, threshold: float | None = None, ratio: float = DEFAULT_RATIO
 ) -> torch.Tensor:
     """Boolean mask of high-norm outlier patches in ``(..., h, w)`` norm maps.
+
+    ``maps``: norm maps, or a :class:`TokenNorms` (from :func:`token_norms`), whose
+    ``(layers, batch, h, w)`` :attr:`TokenNorms.patch_maps` are used.
 
     With ``threshold`` the rule is absolute (``norm > threshold``, e.g. 150 for DINOv2 ViT-g as in
     Darcet et al.); otherwise a patch is an outlier when its norm exceeds ``ratio`` times the median
     patch norm of its own map (scale-free, so it works for any model and layer).
     """
+    if isinstance(maps, TokenNorms):
+        maps = maps.patch_maps
+    if not isinstance(maps, torch.Tensor):
+        raise InputError(f"expected (..., h, w) norm maps or a TokenNorms, got {type(maps).__name__}")
     if maps.dim() < 2:
         raise InputError(f"expected (..., h, w) norm maps, got shape {tuple(maps.shape)}")
     if threshold is not None:

@@ -2,7 +2,8 @@
 
 Every writer puts the bytes into a temporary file in the destination folder and then renames it
 over the destination (``os.replace`` is atomic on POSIX and Windows within one file system).
-Missing parent folders are created.
+Missing parent folders are created, and the file gets the permissions of a plainly created one
+(``0o666`` less the process umask; a bare temporary file would keep ``0o600``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,23 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "save_figure", "write_bytes_atomic", "write_text_atomic"]
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask."""
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -30,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, file_mode())
         os.replace(temporary, target)
     except BaseException:
         try:

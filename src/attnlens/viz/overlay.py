@@ -34,7 +34,10 @@ def overlay_maps(
     ``image_index[n]`` of ``images`` (paths, PIL images or arrays)."""
     arrays = load_images(images)
     needed = int(image_index.max()) + 1 if len(image_index) else 0
-    if len(arrays) < needed:
-        raise InputError(f"the explanation covers {needed} images but {len(arrays)} were given to overlay()")
+    if len(arrays) != needed:
+        raise InputError(
+            f"overlay() got {len(arrays)} image(s) but the maps explain {needed}; pass the same images, in the "
+            "same order, as to the call that made the maps"
+        )
     heat = maps.detach().float().cpu().numpy()
     return [blend(arrays[int(index)], heat[row], alpha, colormap) for row, index in enumerate(image_index.tolist())]
