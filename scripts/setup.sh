@@ -11,7 +11,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "attnlens setup: creating .venv with $($python --version 2>&1)"
   "$python" -m venv .venv
 fi
-stamp=".venv/.attnlens-setup-$( (cat pyproject.toml constraints.txt; echo "$extras") | sha256sum | cut -c1-16)"
+# One stamp per set of extras, named by the hash of what was installed: a setup with the same
+# pyproject.toml and constraints.txt and a subset of the installed extras (the quick start after the
+# test setup) installs nothing; a changed pyproject.toml or constraints.txt reinstalls.
+inputs="$( (cat pyproject.toml constraints.txt) | sha256sum | cut -c1-16)"
+stamp=".venv/.attnlens-setup-$inputs-${extras:-base}"
+if [ -z "$extras" ] && compgen -G ".venv/.attnlens-setup-$inputs-*" > /dev/null; then
+  stamp="$(compgen -G ".venv/.attnlens-setup-$inputs-*" | head -n 1)"
+fi
 if [ ! -f "$stamp" ]; then
   echo "attnlens setup: installing dependencies (pinned in constraints.txt)"
   .venv/bin/python -m pip install --quiet --upgrade pip
@@ -20,6 +27,6 @@ if [ ! -f "$stamp" ]; then
   spec="."
   [ -n "$extras" ] && spec=".[$extras]"
   .venv/bin/python -m pip install --quiet -c constraints.txt -e "$spec"
-  rm -f .venv/.attnlens-setup-*
+  find .venv -maxdepth 1 -name '.attnlens-setup-*' ! -name ".attnlens-setup-$inputs-*" -delete
   touch "$stamp"
 fi
