@@ -87,3 +87,12 @@ def test_the_function_explain_is_not_shadowed_by_a_package() -> None:
     assert callable(methods) and "rollout" in methods()
     assert Explanation.__module__ == "attnlens.explainers.base"
     assert not hasattr(attnlens, "explainers") or attnlens.explain is not attnlens.explainers
+
+
+def test_subpackages_load_on_first_access() -> None:
+    import subprocess
+    import sys
+
+    code = "import attnlens, sys; assert 'attnlens.evaluate' not in sys.modules; print(attnlens.evaluate.run.__module__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "attnlens.evaluate.runner"

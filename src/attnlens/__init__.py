@@ -64,3 +64,15 @@ __all__ = [
     "load",
     "sample_images",
 ]
+
+# Subpackages with heavier optional dependencies (diffusers, accelerate) load on first access, so
+# that ``import attnlens; attnlens.evaluate.run(...)`` works without importing them up front.
+_LAZY_SUBPACKAGES = ("app", "diffusion", "evaluate")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"attnlens.{name}")
+    raise AttributeError(f"module 'attnlens' has no attribute {name!r}")
