@@ -324,3 +324,48 @@ def test_text_needs_an_image_text_model(tiny_vit_dir, images, tmp_path, capsys) 
     assert main(["explain", str(images[0]), "--model", str(tiny_vit_dir), "--text", "a cat", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("attnlens: error: ") and err.count("\n") == 1
+
+
+def _clip_dir():
+    from pathlib import Path
+
+    return Path(__file__).parent / "data" / "goldens" / "clip"
+
+
+@pytest.mark.parametrize("command", ["clip", "probe cka"])
+def test_clip_and_cka_progress_goes_to_stderr(tiny_vit_dir, images, tmp_path, monkeypatch, command) -> None:
+    if command == "clip":
+        argv = ["clip", *map(str, images), "--model", str(_clip_dir()), "-t", "a red circle", "-t", "a dog"]
+    else:
+        argv = ["probe", "cka", *map(str, images), "--model", str(tiny_vit_dir), "--biased"]
+    code, stdout, stderr = _run_on_terminal(monkeypatch, [*argv, "--out", str(tmp_path / "o")])
+    assert code == 0
+    assert "%" in stderr and "\r" in stderr  # a progress bar was drawn on stderr
+    assert "\r" not in stdout and "%|" not in stdout
+    lines = stdout.splitlines()
+    assert lines[-1].startswith(("wrote ", "probe cka: 2 image(s)")) and all(line.strip() for line in lines)
+    if command == "clip":
+        assert [line.split("\t")[:2] for line in lines[:-1]] == [
+            [str(path), repr(text)] for path in images for text in ("a red circle", "a dog")
+        ]
+    for quiet in ("--quiet", "--no-progress"):
+        code, stdout, stderr = _run_on_terminal(monkeypatch, [*argv, "--out", str(tmp_path / quiet), quiet])
+        assert code == 0 and stderr == "" and stdout.splitlines()[-1] == lines[-1].replace("/o", "/" + quiet)
+
+
+def test_compare_explains_the_similarity_with_text(tiny_vit_dir, images, tmp_path, capsys) -> None:
+    figures = []
+    for text in ("a red circle", "a photo of a dog"):
+        out = tmp_path / text.replace(" ", "_")
+        argv = ["compare", str(images[0]), "--model", str(_clip_dir()), "--methods", "generic", "--text", text, "--out", str(out)]
+        assert main(argv) == 0
+        assert capsys.readouterr().out.strip() == f"wrote {out / 'wide_compare.png'}"
+        with Image.open(out / "wide_compare.png") as figure:
+            figures.append(np.asarray(figure.convert("RGB")))
+    assert not np.array_equal(figures[0], figures[1])  # the maps depend on the text
+    assert main(["compare", str(images[0]), "--model", str(tiny_vit_dir), "--text", "a cat", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnlens: error: ") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["compare", str(images[0]), "--model", str(_clip_dir()), "--text", "a", "--target", "1"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from attnlens.app.cli import (
-    Parser, add_batch_flags, add_debug_flag, add_model_flags, add_output_flags, add_schema_flags, command, load_model,
-    option_values, out_folder, progress_of, size_of,
+    Parser, add_batch_flags, add_debug_flag, add_model_flags, add_output_flags, add_progress_flag, add_schema_flags, command,
+    load_model, option_values, out_folder, progress_of, size_of,
 )
 from attnlens.app.explain import DEFAULT_METHOD, SUMMARY_FILE, TextTarget, compare_file, explain_files
 from attnlens.app.outputs import MAP_FORMATS
@@ -109,7 +109,7 @@ def _add_compare_parser(commands) -> None:
     )
     compare.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (one row each)")
     add_model_flags(compare)
-    compare.add_argument("--no-progress", action="store_true", help="no progress bar (none is shown when stderr is not a terminal)")
+    add_progress_flag(compare)
     compare.add_argument(
         "--scale", choices=SCALES, default="panel",
         help="colour scale: one per panel, or shared by all images of a method (default: panel)",

@@ -54,6 +54,7 @@ def test_maps_equal_the_api_and_every_artefact_is_written(model, images, tmp_pat
     torch.testing.assert_close(saved.relevance, expected.relevance)
     assert saved.image_names == [str(path) for path in images] and saved.method == "rollout"
     assert saved.options == {"start_layer": 1} and saved.input_index.tolist() == [0, 1, 2]
+    assert saved.source_sizes == [(40, 70), (33, 33), (64, 30)]  # batches joined: overlay() checks every size
     assert not list(out.glob(".*.tmp"))
 
 

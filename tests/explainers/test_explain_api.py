@@ -409,3 +409,32 @@ def test_explanation_api(vit, method: str) -> None:
     assert overlays[0].size == (32, 32) and overlays[2].size == (40, 48)
     with pytest.raises(InputError):
         explanation.overlay(images[:1])
+
+
+def test_overlay_refuses_images_of_other_sizes(vit, pixels, tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    path = tmp_path / "tall.png"
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path)
+    images = [rng.integers(0, 256, (32, 36, 3), dtype=np.uint8), path]
+    explanation = explain(vit, images, method="rollout")
+    assert explanation.source_sizes == [(32, 36), (48, 40)]
+    assert [overlay.size for overlay in explanation.overlay(images)] == [(36, 32), (40, 48)]
+    with pytest.raises(InputError) as error:
+        explanation.overlay([images[0], rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)])
+    message = str(error.value)
+    assert "\n" not in message and "image 1 is 48x40 px" in message and "was 40x48 px" in message
+    with pytest.raises(InputError, match="got 1 image"):
+        explanation.overlay(images[:1])
+    # concatenated batches keep the sizes; a save/load round trip keeps them
+    joined = Explanation.concat([explanation, explain(vit, images[:1], method="rollout")])
+    assert joined.source_sizes == [(32, 36), (48, 40), (32, 36)]
+    for suffix in (".safetensors", ".npz"):
+        loaded = Explanation.load(joined.save(tmp_path / f"run{suffix}"))
+        assert loaded.source_sizes == joined.source_sizes
+        with pytest.raises(InputError, match="image 0 is 40x48 px"):
+            loaded.overlay([images[1], images[1], images[0]])
+    # a pixel tensor has no original size: nothing to check but the count
+    from_pixels = explain(vit, pixels, method="rollout")
+    assert from_pixels.source_sizes is None
+    assert len(from_pixels.overlay([images[1]] * 3)) == 3
+    assert Explanation.concat([explanation, from_pixels]).source_sizes is None

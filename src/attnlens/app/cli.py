@@ -98,10 +98,15 @@ def add_output_flags(parser: argparse.ArgumentParser, out: str = DEFAULT_OUT) ->
     )
 
 
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (read with :func:`progress_of`)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (none is shown when stderr is not a terminal)")
+
+
 def add_batch_flags(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """``--batch-size`` and ``--no-progress``."""
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward pass (default: {batch_size})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (none is shown when stderr is not a terminal)")
+    add_progress_flag(parser)
 
 
 def out_folder(args: argparse.Namespace, default: str = DEFAULT_OUT) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from attnlens.app.inputs import ImageInput, Inputs, check_overlay_settings, read_images
 from attnlens.app.outputs import Artefacts
@@ -67,6 +68,7 @@ def clip_files(
     out: str | os.PathLike | None = None,
     alpha: float = 0.5,
     colormap: str = "jet",
+    progress: bool = False,
 ) -> ClipRun:
     """Explain every image with every text and write the results into ``out``.
 
@@ -86,6 +88,7 @@ def clip_files(
         size: ``(H, W)`` model input size override.
         out: output folder (created on the first write); ``None`` writes nothing.
         alpha, colormap: overlay opacity in ``[0, 1]`` and matplotlib colormap.
+        progress: show a progress bar over the (image, text) pairs as their files are written (stderr).
 
     The model, texts, images and settings are checked before anything is written.
     """
@@ -103,7 +106,8 @@ def clip_files(
     probabilities = logits.sigmoid() if pairwise else logits.softmax(dim=-1)
     overlays = explanation.overlay([image.array for image in images], alpha=alpha, colormap=colormap) if artefacts.folder else None
     records = []
-    for pair, (image, text) in enumerate(explanation.pairs):
+    pairs = tqdm(explanation.pairs, desc="clip", unit="pair", disable=not progress, leave=False)
+    for pair, (image, text) in enumerate(pairs):
         files = _write_pair(artefacts, explanation, pair, f"{images[image].stem}_t{text:02d}_{slug(texts[text])}", overlays)
         records.append(
             {

@@ -20,7 +20,7 @@ import argparse
 import sys
 import warnings
 
-from attnlens.app.cli import add_model_flags, add_output_flags, command, load_model, out_folder, size_of
+from attnlens.app.cli import add_model_flags, add_output_flags, add_progress_flag, command, load_model, out_folder, progress_of, size_of
 from attnlens.app.clip import SCORES_FILE, clip_files
 from attnlens.clip.text import TextTruncatedWarning
 from attnlens.errors import UnsupportedModelError
@@ -47,6 +47,7 @@ def add_clip_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--text", "-t", action="append", dest="texts", metavar="TEXT", help="a text to match (repeat for several)")
     add_model_flags(parser, "CLIP or SigLIP model: a local folder or a Hugging Face hub id (required: the default model is not CLIP)")
     add_output_flags(parser)
+    add_progress_flag(parser)
     parser.add_argument("--image-start-layer", type=int, default=-1, help="first vision block used (-1: last only, 0: all)")
     parser.add_argument("--text-start-layer", type=int, default=-1, help="first text block used (-1: last only, 0: all)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity of the overlays (0..1)")
@@ -69,7 +70,7 @@ def run_clip(args: argparse.Namespace) -> int:
         run = clip_files(
             load_model(args), args.images, args.texts or [], image_start_layer=args.image_start_layer,
             text_start_layer=args.text_start_layer, truncate=not args.no_truncate, size=size_of(args),
-            out=out_folder(args), alpha=args.alpha, colormap=args.colormap,
+            out=out_folder(args), alpha=args.alpha, colormap=args.colormap, progress=progress_of(args),
         )
     for warning in caught:
         if issubclass(warning.category, TextTruncatedWarning):

@@ -23,7 +23,7 @@ from attnlens.explainers.base import (
     register_method,
     target_names,
 )
-from attnlens.images import ImageLike
+from attnlens.images import ImageLike, load_images
 from attnlens.model import AttnLensModel, as_model, eval_mode
 
 
@@ -49,7 +49,8 @@ def explain(
             unknown options and invalid values are refused.
 
     Returns:
-        An :class:`Explanation` with ``relevance (N, h, w)``, raw. The model is left as it was:
+        An :class:`Explanation` with ``relevance (N, h, w)``, raw, and the ``(H, W)`` of each
+        input image in ``source_sizes`` (``None`` for a pixel tensor). The model is left as it was:
         no hooks, no patched functions, no ``.grad`` on its parameters, same mode. Several
         threads may explain with one model at once.
     """
@@ -57,6 +58,11 @@ def explain(
     chosen = get_method(method)
     settings = chosen.options.validate(options, f"method {chosen.name!r}")
     chosen.check_model(wrapped)
+    if isinstance(images, torch.Tensor):
+        sources = None
+    else:
+        images = load_images(images)
+        sources = [(int(image.shape[0]), int(image.shape[1])) for image in images]
     pixels = wrapped.preprocess(images, size=size)
     context = ExplainContext(wrapped, pixels, target, settings)
     with eval_mode(wrapped.module):
@@ -73,6 +79,7 @@ def explain(
         logits=None if context.logits is None else context.logits.detach(),
         options=settings,
         extras=context.extras,
+        source_sizes=sources,
     )
 
 

@@ -29,6 +29,7 @@ from attnlens.attribution.rounds import row_gradients
 from attnlens.attribution.targets import Target, class_label, resolve_targets
 from attnlens.capture import capture_attention
 from attnlens.errors import InputError, UnsupportedModelError
+from attnlens.images import load_images
 from attnlens.model import AttnLensModel
 from attnlens.options import Option, OptionSchema
 from attnlens.tokens import TokenLayout
@@ -58,9 +59,11 @@ class Explanation(RelevanceMaps):
         extras: method-specific additional results, e.g. ``"pixel_relevance"`` ``(N, H, W)`` for
             full LRP (the relevance of every input pixel, summed over channels).
         image_names: optional name of each input image (file names; kept by :meth:`save`).
+        source_sizes: ``(H, W)`` of each input image as given (files, PIL images, arrays), so that
+            :meth:`overlay` refuses other images; ``None`` when a pixel tensor was explained.
 
     :meth:`save` / :meth:`load` round-trip the maps, the explained rows and classes, the logits,
-    the method, its options and the image names through one ``.safetensors`` or ``.npz`` file
+    the method, its options, the image names and sizes through one ``.safetensors`` or ``.npz`` file
     (``extras`` are not saved); :meth:`concat` joins the explanations of consecutive batches.
     """
 
@@ -71,6 +74,7 @@ class Explanation(RelevanceMaps):
     options: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     image_names: list[str] = field(default_factory=list)
+    source_sizes: list[tuple[int, int]] | None = None
     kind = "explanation"
 
     @property
@@ -102,6 +106,8 @@ class Explanation(RelevanceMaps):
             target_names=[name for part in parts for name in part.target_names],
             method=first.method, logits=logits, options=dict(first.options),
             image_names=[name for part in parts for name in part.image_names],
+            source_sizes=None if any(part.source_sizes is None for part in parts)
+            else [size for part in parts for size in part.source_sizes],
         )
 
     def _metadata(self) -> str:
@@ -109,14 +115,16 @@ class Explanation(RelevanceMaps):
         return json.dumps({
             "format": EXPLANATION_FORMAT, "method": self.method, "options": self.options,
             "target_names": list(self.target_names), "image_names": list(self.image_names),
-            "input_size": list(self.input_size), "prefix_roles": list(layout.prefix_roles),
+            "input_size": list(self.input_size),
+            "source_sizes": None if self.source_sizes is None else [list(size) for size in self.source_sizes],
+            "prefix_roles": list(layout.prefix_roles),
             "grid": list(layout.grid), "patch_size": list(layout.patch_size),
         }, default=str)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the explanation to ``path`` (``.safetensors`` or ``.npz``, atomically): tensors
         ``relevance (N, h, w)`` float32, ``input_index (N,)``, ``targets (N,)``, ``logits (B, C)``
-        (if any), and the method, options, class names, image names and token layout as JSON
+        (if any), and the method, options, class names, image names, image sizes and token layout as JSON
         metadata. Returns the path; read it back with :meth:`load`."""
         from attnlens.viz.io import atomic_write, write_bytes_atomic
 
@@ -161,7 +169,25 @@ class Explanation(RelevanceMaps):
             relevance=tensors["relevance"], input_index=tensors["input_index"], input_size=tuple(meta["input_size"]),
             layout=layout, targets=tensors["targets"], target_names=list(meta["target_names"]), method=meta["method"],
             logits=tensors.get("logits"), options=dict(meta["options"]), image_names=list(meta["image_names"]),
+            source_sizes=None if meta.get("source_sizes") is None else [tuple(size) for size in meta["source_sizes"]],
         )
+
+    def overlay(self, inputs: Any, *, alpha: float = 0.5, colormap: str = "jet") -> list:
+        """One RGB PIL image per row: the normalised map blended over its image.
+
+        ``inputs``: the images of the call (paths, PIL images or arrays), in the same order. When
+        the explained images' sizes are known (:attr:`source_sizes`), an image of another size is
+        refused with an :class:`InputError`.
+        """
+        arrays = load_images(inputs)
+        for index, (array, expected) in enumerate(zip(arrays, self.source_sizes or [])):
+            given = (int(array.shape[0]), int(array.shape[1]))
+            if given != tuple(expected):
+                raise InputError(
+                    f"overlay() image {index} is {given[1]}x{given[0]} px but the explained image {index} was "
+                    f"{expected[1]}x{expected[0]} px (W x H); pass the same images, in the same order, as to the call that made the maps"
+                )
+        return super().overlay(arrays, alpha=alpha, colormap=colormap)
 
     def describe(self) -> dict[str, Any]:
         return {
