@@ -294,33 +294,44 @@ def as_model(model: AttnLensModel | nn.Module) -> AttnLensModel:
 
 
 
-_mode_lock = threading.Lock()
-_mode_users: dict[int, tuple[int, bool]] = {}
+_shared_lock = threading.Lock()
+_shared_users: dict[tuple[str, int], tuple[int, Any]] = {}
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put ``module`` in eval mode for the block and restore its mode afterwards.
+def shared_setting(kind: str, owner: object, apply: Callable[[], Any], restore: Callable[[Any], None]) -> Iterator[None]:
+    """Change a setting of a shared object for the block, reference counted across threads.
 
-    Reference counted per module, so that several threads explaining with one model at once all
-    run in eval mode and the last one to leave restores the original mode (a plain
-    ``was = m.training; m.eval(); ...; m.train(was)`` per call would let one thread switch
-    dropout back on under another).
+    The first caller for ``(kind, owner)`` runs ``apply()`` (which returns what ``restore`` needs);
+    the last one to leave runs ``restore(saved)``. Several threads using one model at once so all
+    see the setting, and none restores it under another (a plain save / set / restore per call
+    would).
     """
-    key = id(module)
-    with _mode_lock:
-        users, was_training = _mode_users.get(key, (0, module.training))
+    key = (kind, id(owner))
+    with _shared_lock:
+        users, saved = _shared_users.get(key, (0, None))
         if users == 0:
-            was_training = module.training
-            module.eval()
-        _mode_users[key] = (users + 1, was_training)
+            saved = apply()
+        _shared_users[key] = (users + 1, saved)
     try:
         yield
     finally:
-        with _mode_lock:
-            users, was_training = _mode_users[key]
+        with _shared_lock:
+            users, saved = _shared_users[key]
             if users == 1:
-                del _mode_users[key]
-                module.train(was_training)
+                del _shared_users[key]
+                restore(saved)
             else:
-                _mode_users[key] = (users - 1, was_training)
+                _shared_users[key] = (users - 1, saved)
+
+
+def eval_mode(module: nn.Module):
+    """Put ``module`` in eval mode for the block and restore its mode afterwards (thread-safe,
+    see :func:`shared_setting`: concurrent explanations never switch dropout back on under another)."""
+
+    def apply() -> bool:
+        was_training = module.training
+        module.eval()
+        return was_training
+
+    return shared_setting("eval", module, apply, module.train)

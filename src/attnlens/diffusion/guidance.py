@@ -22,7 +22,7 @@ scheduler's ``scale_model_input`` like the denoising call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,7 @@ from attnlens.diffusion.telemetry import (
     PHASE_AFTER_REFINE, PHASE_REFINE, PHASE_STEP, Evaluation, Refinement, Telemetry, Update,
 )
 from attnlens.errors import InputError
+from attnlens.model import shared_setting
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,21 @@ class Outcome:
     maps: torch.Tensor
 
 
-@contextlib.contextmanager
-def frozen_parameters(parameters: list[nn.Parameter]) -> Iterator[None]:
-    """``parameters`` take no gradient inside the block (their flags are restored)."""
-    trainable = [parameter for parameter in parameters if parameter.requires_grad]
-    for parameter in trainable:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
+def frozen_parameters(owner: nn.Module) -> contextlib.AbstractContextManager:
+    """``owner``'s parameters take no gradient inside the block (their flags are restored by the
+    last of several threads guiding with one UNet at once; see :func:`attnlens.model.shared_setting`)."""
+
+    def apply() -> list[nn.Parameter]:
+        trainable = [parameter for parameter in owner.parameters() if parameter.requires_grad]
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+        return trainable
+
+    def restore(trainable: list[nn.Parameter]) -> None:
         for parameter in trainable:
             parameter.requires_grad_(True)
+
+    return shared_setting("frozen", owner, apply, restore)
 
 
 def layers_at(generation: Generation, subject: CaptureSubject, grid: Grid) -> list[str]:
@@ -140,7 +145,6 @@ class AttentionGuide:
         self.subjects = subjects
         self.telemetry = telemetry
         self.unet = as_subject(generation.pipe.unet)
-        self.parameters = list(generation.pipe.unet.parameters())
         self.layers = layers_at(generation, self.unet, settings.grid)
         self.num_steps = len(generation.timesteps)
 
@@ -186,7 +190,7 @@ class AttentionGuide:
         """Run the guided call for samples ``rows`` (their latents ``(R, C, h, w)``), log it, and
         return each sample's :class:`Outcome` (with the gradient where ``needs_grad(sample, terms)``)."""
         leaf = latents.detach().requires_grad_(True)
-        with torch.enable_grad(), frozen_parameters(self.parameters):
+        with torch.enable_grad(), frozen_parameters(self.generation.pipe.unet):
             raw = self._attention(leaf, rows, timestep)
             masks = torch.stack([text_mask(self.generation, row, raw.shape[1], self.settings.text_tokens) for row in rows])
             probs = renormalize(raw, masks, self.settings.temperature)
