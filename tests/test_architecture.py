@@ -4,6 +4,8 @@ README documents."""
 from __future__ import annotations
 
 import ast
+import importlib.util
+import types
 from pathlib import Path
 
 import attnlens
@@ -86,7 +88,8 @@ def test_the_function_explain_is_not_shadowed_by_a_package() -> None:
     assert callable(explain) and explain is attnlens.explain
     assert callable(methods) and "rollout" in methods()
     assert Explanation.__module__ == "attnlens.explainers.base"
-    assert not hasattr(attnlens, "explainers") or attnlens.explain is not attnlens.explainers
+    assert not isinstance(attnlens.explain, types.ModuleType)
+    assert importlib.util.find_spec("attnlens.explain") is None, "a module attnlens.explain would shadow the function"
 
 
 def test_subpackages_load_on_first_access() -> None:

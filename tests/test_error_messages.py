@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import attnlens
-from attnlens.app.cli import format_warning, one_line_warnings
+from attnlens.app.cli import one_line_warnings
 from attnlens.cli import main
 from attnlens.errors import InputError, ModelLoadError
 from attnlens.probe.cka import cka
@@ -100,8 +100,11 @@ def test_overlay_refuses_other_images_than_were_explained(model, pictures) -> No
 
 def test_high_norm_tokens_takes_token_norms(model, pictures) -> None:
     norms = token_norms(model, pictures[:2])
+    norms.norms[0, 1, norms.layout.num_prefix_tokens + 5] = 1e6  # one planted outlier patch
     mask = high_norm_tokens(norms)
     assert mask.shape == norms.patch_maps.shape and mask.dtype == torch.bool
+    assert mask[0, 1].flatten().nonzero().flatten().tolist() == [5]
+    torch.testing.assert_close(mask, high_norm_tokens(norms.patch_maps))
 
 
 def test_outputs_honour_the_umask(tmp_path) -> None:
@@ -130,11 +133,12 @@ def test_version(capsys) -> None:
 
 
 def test_cli_warnings_are_one_line_without_category_or_source(capsys) -> None:
+    original = warnings.formatwarning
     with one_line_warnings():
         text = warnings.formatwarning(UserWarning("skipping unreadable image:\n missing.jpg"), UserWarning, "x.py", 3, "warn(...)")
     assert text == ""  # Python's showwarning adds nothing to the line written above the progress bar
     assert capsys.readouterr().err == "attnlens: warning: skipping unreadable image: missing.jpg\n"
-    assert warnings.formatwarning is not format_warning  # restored
+    assert warnings.formatwarning is original  # restored
 
 
 def test_a_target_for_a_class_agnostic_method_warns(model, pictures) -> None:

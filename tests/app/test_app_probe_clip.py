@@ -67,7 +67,8 @@ def test_every_probe_describes_its_options() -> None:
     for name, entry in described.items():
         assert entry["description"] and entry["options"]
         for option in PROBES[name].options:
-            assert option.help and option.validate(option.default) == option.default
+            expected = tuple if option.multiple else option.type
+            assert option.help and (option.default is None or isinstance(option.default, expected))
     layer = {option["name"]: option for option in described["cka"]["options"]}["layer"]
     assert layer["multiple"] and layer["names"] and layer["layer"] and layer["default"] is None
 

@@ -134,7 +134,9 @@ def test_identity_edit_and_gradients_through_the_processor(unet) -> None:
         output = unet(sample, 3, encoder_hidden_states=context).sample
     torch.testing.assert_close(output.detach(), plain, atol=1e-5, rtol=0)
     output.square().sum().backward()
+    assert len(capture.gradients) == len(capture.attentions) > 0
     assert all(gradient.shape == probs.shape for gradient, probs in zip(capture.gradients, capture.attentions))
+    assert all(float(gradient.abs().sum()) > 0 for gradient in capture.gradients)
     assert context.grad is not None and float(context.grad.abs().sum()) > 0
 
 
@@ -181,6 +183,7 @@ def test_interception_backend_on_diffusers_attention(unet) -> None:
     with attnlens.capture_attention(unet, kind="cross", backend="interception") as by_interception:
         assert processors(unet) == stock
         _run(unet, sample, context)
+    assert len(by_interception.records) == len(by_processor.records) > 0
     for left, right in zip(by_processor.records, by_interception.records):
         assert (left.name, left.query_grid) == (right.name, right.query_grid)
         torch.testing.assert_close(left.probs, right.probs, atol=1e-6, rtol=0)
