@@ -52,7 +52,7 @@ def test_heat_map_options_are_checked(tiny_pipe) -> None:
     assert "no attention layer named 'unet.up.9.0.attn2'" in one_line(error)
     with pytest.raises(InputError) as error:
         heatmaps(tiny_pipe, "a cat", aggregate_steps=[3], **SMALL)
-    assert "step(s) [3] out of range: there are 1 denoising steps" in one_line(error)
+    assert "step 3 is out of range: the generation has 1 denoising steps" in one_line(error)
 
 
 def test_unsupported_pipelines_and_schedulers(tiny_pipe) -> None:

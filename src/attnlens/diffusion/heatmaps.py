@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from attnlens.attribution.layers import resolve_index
 from attnlens.attribution.results import RelevanceMaps
 from attnlens.capture import AttentionCapture, as_subject
 from attnlens.diffusion.aggregate import CrossAttentionSum, Grid
@@ -100,10 +101,7 @@ def check_steps(steps: Sequence[int] | None, total: int) -> list[int]:
     """
     if steps is None:
         return list(range(total))
-    bad = [step for step in steps if not -total <= step < total]
-    if bad:
-        raise InputError(f"step(s) {bad} out of range: there are {total} denoising steps")
-    return sorted({step % total for step in steps})
+    return sorted({resolve_index(step, total, label=f"step {step!r}", what="denoising steps", owner="the generation") for step in steps})
 
 
 def largest(grids: Sequence[Grid]) -> Grid:

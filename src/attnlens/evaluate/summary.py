@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from attnlens.evaluate.metrics import SEGMENTATION_COUNTS, mean_se, median_se, ratio_se
-from attnlens.evaluate.options import METRICS
+from attnlens.evaluate.options import DATA_SANITY_METRICS, METRICS
 
 OK = "ok"
 
@@ -102,7 +102,7 @@ def metric_names(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
     """The metric names present in ``summary``, in the order of :data:`METRICS`."""
     present = {key for entry in summary.values() for key in entry}
     ordered = [name for names in METRICS.values() for name in names]
-    ordered += ["sanity_data_spearman_mean", "sanity_data_spearman_median"]
+    ordered += list(DATA_SANITY_METRICS)
     return [name for name in ordered if name in present]
 
 
