@@ -149,6 +149,9 @@ class Family:
             interpolation for other input sizes (``None`` if the model always interpolates).
         windowed: attention is windowed/hierarchical (Swin): global methods do not apply.
         pixel_argument: keyword of the forward's image input (``None``: first positional).
+        image_projection: two-tower models: path of the linear map from the vision tower's pooled
+            output to the joint embedding (CLIP's ``visual_projection``; ``None`` where the pooled
+            output is the embedding, as in SigLIP).
         image_module: path of the submodule that takes the pixels (``None``: the model itself;
             ``"vision_model"`` for CLIP, whose full forward also needs text).
         logit_scale, logit_bias: two-tower (image-text) models: attribute paths of the
@@ -167,6 +170,7 @@ class Family:
     windowed: bool = False
     pixel_argument: str | None = "pixel_values"
     image_module: str | None = None
+    image_projection: str | None = None
     logit_scale: str | None = "logit_scale"
     logit_bias: str | None = None
 

@@ -234,6 +234,7 @@ _register(
     matches=_is("clip", "CLIPModel"),
     encoders=(CLIP_VISION, CLIP_TEXT),
     image_module="vision_model",
+    image_projection="visual_projection",
 )
 _register(
     name="hf-clip-vision",

@@ -272,9 +272,3 @@ MEAN_PATCHES = MeanPatches()
 CLS_MEAN_PATCHES = ClsMeanPatches()
 END_OF_TEXT = TokenAtPosition("end-of-text")
 LAST_TOKEN = TokenAtPosition("last-token")
-
-
-def default_readout(layout: TokenLayout) -> Readout:
-    """The readout of a backbone explained through a callable target: its class token if it has
-    one, else the mean of its patch tokens."""
-    return CLS_TOKEN if layout.has_cls else MEAN_PATCHES

@@ -28,7 +28,7 @@ from attnlens.app.schemas import method_options, method_schemas
 from attnlens.attribution.targets import Target, is_callable_target, top_k
 from attnlens.errors import InputError
 from attnlens.explainers import Explanation, explain, get_method
-from attnlens.model import AttnLensModel, as_model
+from attnlens.model import AttnLensModel, as_model, eval_mode
 from attnlens.viz.compare import class_caption, class_probability, compare_figure
 from attnlens.viz.heatmap import DISPLAY_SIZE, check_interpolation, overlay_figure
 
@@ -112,8 +112,8 @@ class TextTarget:
     """Target for image-text models (CLIP, SigLIP; CLI ``explain --text``): the similarity logit
     ``exp(logit_scale) * cos(image, text) + logit_bias`` of each image with one text, the objective
     of :func:`attnlens.explain_clip` (Chefer et al., ICCV 2021), as a callable target on the
-    vision tower's output: its pooled features, projected where the model has a
-    ``visual_projection`` (CLIP; SigLIP's pooled output is the embedding already).
+    vision tower's output: its pooled features, through the adapter's ``image_projection`` where
+    the model has one (CLIP; SigLIP's pooled output is the embedding already).
     """
 
     def __init__(self, model: AttnLensModel, text: str) -> None:
@@ -123,7 +123,7 @@ class TextTarget:
         from attnlens.clip.towers import encode_texts
 
         self.model = check_clip_model(model, "explain --text")
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model.module):
             self.features = torch.nn.functional.normalize(encode_texts(self.model, tokenize_texts(self.model, [text])), dim=-1)
         self.scale, self.bias = logit_parameters(self.model, self.features.dtype)
         self.description = f"similarity to the text {text!r}"
@@ -132,9 +132,9 @@ class TextTarget:
         from attnlens.attribution.targets import pooled_features
 
         image = pooled_features(output)
-        projection = getattr(self.model.module, "visual_projection", None)
-        if projection is not None:
-            image = projection(image)
+        path = self.model.family.image_projection
+        if path is not None:
+            image = self.model.module.get_submodule(path)(image)
         unit = torch.nn.functional.normalize(image, dim=-1)
         return self.scale * (unit @ self.features.to(unit).T)[:, 0] + self.bias
 
@@ -351,6 +351,7 @@ def compare_file(
     setting checked before the figure is drawn.
     """
     check_overlay_settings(alpha, colormap)
+    check_interpolation(interpolation)
     names = list(method_schemas([methods] if isinstance(methods, str) else methods))
     read = read_images(images)
     settings = dict(options or {})

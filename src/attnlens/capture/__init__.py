@@ -41,7 +41,7 @@ from attnlens.capture.processors import CaptureProcessor
 from attnlens.capture.records import AttentionRecord, EditFn
 from attnlens.capture.recorder import AUTO, AttentionCapture, patches_installed
 from attnlens.capture.resolve import as_subject, unwrap_module
-from attnlens.capture.scopes import is_captured
+from attnlens.capture.scopes import ThreadHook, is_captured
 from attnlens.capture.selection import LayerSelection, Resolutions, select_layers
 from attnlens.capture.subjects import AttentionLayer, InputWatch, Subject
 
@@ -113,6 +113,7 @@ def capture_attention(
 
 __all__ = [
     "AttentionCapture",
+    "ThreadHook",
     "AttentionLayer",
     "AttentionRecord",
     "CaptureProcessor",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -184,3 +184,17 @@ def is_captured(module: nn.Module) -> bool:
     shared = _watches.get(module)
     thread = threading.get_ident()
     return shared is not None and any(receiver.thread == thread for receiver, _ in shared.entries)
+
+
+class ThreadHook:
+    """A forward (pre-)hook that acts only in the thread that registered it: other threads' forward
+    passes of a shared model run as if it were not there."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self.thread = threading.get_ident()
+
+    def __call__(self, *args: Any) -> Any:
+        if threading.get_ident() != self.thread:
+            return None
+        return self.function(*args)

@@ -40,7 +40,7 @@ from attnlens.adapters.readouts import AttentionPool, Readout
 from attnlens.attribution.layers import resolve_layer
 from attnlens.attribution.objectives import Cotangent
 from attnlens.attribution.rounds import row_gradients
-from attnlens.capture import AttentionCapture
+from attnlens.capture import AttentionCapture, ThreadHook
 from attnlens.clip.text import TokenizedTexts
 from attnlens.errors import UnsupportedModelError
 from attnlens.explainers.generic import generic_relevance
@@ -188,6 +188,6 @@ def tower_run(model: AttnLensModel, towers: Sequence[Tower]) -> Iterator[list[At
         captures = []
         for tower in towers:
             embeddings = model.module.get_submodule(tower.encoder.embeddings)
-            stack.callback(embeddings.register_forward_hook(_requires_grad_hook).remove)
+            stack.callback(embeddings.register_forward_hook(ThreadHook(_requires_grad_hook)).remove)
             captures.append(stack.enter_context(tower.capture()))
         yield captures

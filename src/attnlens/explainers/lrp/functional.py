@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from attnlens.errors import UnsupportedModelError
 from attnlens.attribution import lrp_rules as rules
-from attnlens.explainers.lrp.spec import Block, HeadParts, Linear, Norm, Spec, ThreadHook
+from attnlens.capture import ThreadHook
+from attnlens.explainers.lrp.spec import Block, HeadParts, Linear, Norm, Spec
 from attnlens.model import AttnLensModel
 from attnlens.tokens import TokenLayout
 

@@ -25,7 +25,8 @@ from attnlens.attribution.rounds import row_gradients
 from attnlens.attribution.targets import is_callable_target
 from attnlens.explainers.base import ExplainContext
 from attnlens.explainers.lrp.functional import Record
-from attnlens.explainers.lrp.spec import Spec, ThreadHook
+from attnlens.capture import ThreadHook
+from attnlens.explainers.lrp.spec import Spec
 
 LOGITS = "logits"
 TOKENS = "tokens"

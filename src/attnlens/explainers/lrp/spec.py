@@ -29,7 +29,7 @@ from torch import nn
 
 from attnlens.adapters.base import Encoder, get_submodule
 from attnlens.adapters.readouts import Readout
-from attnlens.capture import is_captured
+from attnlens.capture import ThreadHook, is_captured
 from attnlens.errors import UnsupportedModelError
 from attnlens.attribution import lrp_rules as rules
 from attnlens.model import AttnLensModel
@@ -357,20 +357,6 @@ def _attention_biases(model: AttnLensModel, encoder: Encoder, blocks: list[Block
 # =========================================================================== hooks
 _OBSERVER_MODULES = ("transformers.utils.output_capturing",)
 _CAPTURE_MODULES = ("attnlens.capture.",)
-
-
-class ThreadHook:
-    """A forward (pre-)hook that acts only in the thread that registered it: other threads' forward
-    passes of a shared model run as if it were not there."""
-
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.function = function
-        self.thread = threading.get_ident()
-
-    def __call__(self, *args: Any) -> Any:
-        if threading.get_ident() != self.thread:
-            return None
-        return self.function(*args)
 
 
 def _acts_here(hook: Callable[..., Any], module: nn.Module) -> bool:
