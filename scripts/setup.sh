@@ -22,8 +22,8 @@ fi
 if [ ! -f "$stamp" ]; then
   echo "attnlens setup: installing dependencies (pinned in constraints.txt)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  # torch first and pinned exactly, so that no other requirement pulls a different build.
-  .venv/bin/python -m pip install --quiet "$(grep '^torch==' constraints.txt)"
+  # torch and torchvision first and pinned exactly, so that no other requirement pulls a different build.
+  .venv/bin/python -m pip install --quiet $(grep -E '^(torch|torchvision)==' constraints.txt)
   spec="."
   [ -n "$extras" ] && spec=".[$extras]"
   .venv/bin/python -m pip install --quiet -c constraints.txt -e "$spec"

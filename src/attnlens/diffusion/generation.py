@@ -82,12 +82,13 @@ class Generation:
         """The conditional samples' rows in the guidance pass's batch."""
         return slice(self.batch, 2 * self.batch) if self.guided else slice(0, self.batch)
 
-    def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """The classifier-free-guided noise prediction ``u + s (c - u)`` for ``latents (B, C, h, w)``."""
+    def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """The classifier-free-guided noise prediction ``u + s (c - u)`` for ``latents (B, C, h, w)``
+        (at denoising ``step``, where the unconditional embeddings change per step)."""
         model_input = torch.cat([latents, latents]) if self.guided else latents
         model_input = self.scheduler.scale_model_input(model_input, timestep)
         with torch.no_grad():
-            noise = self.pipe.unet(model_input, timestep, **self.conditioning.guided(), return_dict=False)[0]
+            noise = self.pipe.unet(model_input, timestep, **self.conditioning.guided(step), return_dict=False)[0]
         if not self.guided:
             return noise
         unconditional, conditional = noise.chunk(2)
@@ -165,7 +166,8 @@ def split_call_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], dic
 
 
 Guide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(step index, timestep, latents) -> latents``: changes the latents before a denoising step."""
+"""``(step index, timestep, latents) -> latents``: changes the latents before a denoising step
+(or, as ``after_step``, after it)."""
 
 
 def denoise(
@@ -173,13 +175,15 @@ def denoise(
     *,
     guide: Guide | None = None,
     recorder: Callable[[int], contextlib.AbstractContextManager] | None = None,
+    after_step: Guide | None = None,
     progress: bool = False,
     description: str = "denoising",
 ) -> torch.Tensor:
     """Run the denoising loop; return the final latents ``(B, C, h, w)``.
 
     ``guide(i, t, z)`` changes the latents before step ``i``; ``recorder(i)`` is a context manager
-    entered around the guidance pass of step ``i`` (and only it). ``progress`` shows a bar.
+    entered around the guidance pass of step ``i`` (and only it); ``after_step(i, t, z)`` changes
+    the latents the scheduler step returned (Prompt-to-Prompt's local blend). ``progress`` shows a bar.
     """
     latents = generation.latents
     with eval_mode(generation.pipe.unet), tqdm(
@@ -189,7 +193,9 @@ def denoise(
             if guide is not None:
                 latents = guide(index, timestep, latents)
             with recorder(index) if recorder is not None else contextlib.nullcontext():
-                noise = generation.predict_noise(latents, timestep)
+                noise = generation.predict_noise(latents, timestep, index)
             latents = generation.advance(noise, timestep, latents)
+            if after_step is not None:
+                latents = after_step(index, timestep, latents)
             bar.update()
     return latents

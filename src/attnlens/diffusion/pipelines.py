@@ -80,12 +80,15 @@ class Conditioning:
         uncond: ``(B, K, D)`` negative-prompt embeddings, or ``None`` without classifier-free guidance.
         cond_added, uncond_added: extra UNet conditioning per sample (SDXL: ``text_embeds``,
             ``time_ids``), or ``None``.
+        uncond_steps: per denoising step, ``(1 or B, K, D)`` unconditional embeddings replacing
+            ``uncond`` at that step (null-text inversion), or ``None``.
     """
 
     cond: torch.Tensor
     uncond: torch.Tensor | None = None
     cond_added: dict[str, torch.Tensor] | None = None
     uncond_added: dict[str, torch.Tensor] | None = None
+    uncond_steps: list[torch.Tensor] | None = None
 
     def rows(self, rows: torch.Tensor | None = None) -> dict:
         """UNet keyword arguments of the conditional branch (of ``rows`` only, when given)."""
@@ -95,12 +98,18 @@ class Conditioning:
             kwargs["added_cond_kwargs"] = {key: pick(value) for key, value in self.cond_added.items()}
         return kwargs
 
-    def guided(self) -> dict:
+    def unconditional(self, step: int | None = None) -> torch.Tensor:
+        """``(B, K, D)`` unconditional embeddings (of denoising ``step`` where they change per step)."""
+        if self.uncond_steps is None or step is None:
+            return self.uncond
+        return self.uncond_steps[step].expand_as(self.cond).to(self.cond.dtype)
+
+    def guided(self, step: int | None = None) -> dict:
         """UNet keyword arguments of the batch ``(unconditional, conditional)`` (conditional only
-        without guidance)."""
+        without guidance) at denoising ``step``."""
         if self.uncond is None:
             return self.rows()
-        kwargs: dict = {"encoder_hidden_states": torch.cat([self.uncond, self.cond])}
+        kwargs: dict = {"encoder_hidden_states": torch.cat([self.unconditional(step), self.cond])}
         if self.cond_added is not None:
             kwargs["added_cond_kwargs"] = {
                 key: torch.cat([self.uncond_added[key], value]) for key, value in self.cond_added.items()
