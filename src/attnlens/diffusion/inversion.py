@@ -47,6 +47,7 @@ class Inversion:
         uncond_embeddings: per denoising step, the optimised ``(1, K, D)`` unconditional embedding.
         num_inference_steps, guidance_scale, height, width: the sampling settings it is valid for.
         image: the input image (RGB, as encoded); reconstruction: the null-text reconstruction.
+        reconstructed: ``(1, C, h, w)`` its latents (what ``edit`` regenerates for the source prompt).
         telemetry: PSNRs (``psnr_vae``, ``psnr_ddim``, ``psnr_null_text``), per step ``loss`` and
             ``iterations``, and ``seconds``.
     """
@@ -60,6 +61,7 @@ class Inversion:
     width: int
     image: Image.Image
     reconstruction: Image.Image
+    reconstructed: torch.Tensor
     telemetry: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,7 +149,7 @@ class _Denoiser:
 
 def _encode_image(pipe: object, rgb: np.ndarray) -> torch.Tensor:
     vae = pipe.vae
-    pixels = torch.from_numpy(rgb).float().permute(2, 0, 1)[None] / 127.5 - 1
+    pixels = torch.from_numpy(np.array(rgb)).float().permute(2, 0, 1)[None] / 127.5 - 1
     with torch.no_grad():
         latent = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
     return latent * vae.config.scaling_factor
@@ -194,7 +196,7 @@ def _null_text(
                 optimiser.zero_grad()
                 loss.backward()
             optimiser.step()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             if loss_value < epsilon + index * EPSILON_GROWTH:
                 break
         bar.update(num_inner_steps)
@@ -284,5 +286,5 @@ def invert(
     }
     return Inversion(
         prompt, trajectory[-1], embeddings, num_inference_steps, guidance, height, width,
-        Image.fromarray(rgb), Image.fromarray(reconstruction), telemetry,
+        Image.fromarray(rgb), Image.fromarray(reconstruction), reconstructed, telemetry,
     )
