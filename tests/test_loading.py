@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -125,3 +126,141 @@ def test_default_model_classifies_its_own_samples() -> None:
     for path, top in zip(samples, predictions):
         assert top[0][0].replace(" ", "_") == path.stem, (path, top)
         assert top[0][1] > 0.5
+
+
+# --------------------------------------------------------------------------- offline and the hub cache
+HUB_ID = "attnlens-test/tiny-vit"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def write_hub_cache(cache, repo_id: str, files: dict) -> None:
+    """Lay out ``files`` (name -> path) as the Hugging Face cache does: one snapshot, ``refs/main``."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for name, path in files.items():
+        shutil.copy(path, snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """Online mode, but the hub endpoint refuses connections."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """Online mode, and the hub endpoint accepts connections but never answers."""
+    import socket
+
+    import huggingface_hub.constants
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    yield
+    server.close()
+
+
+def _fails_fast_in_one_line(source: str, match: str, **options) -> str:
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=match) as caught:
+        attnlens.load(source, **options)
+    elapsed = time.perf_counter() - started
+    message = str(caught.value)
+    assert elapsed < 2.0, f"load took {elapsed:.1f} s to fail"
+    assert "\n" not in message and source in message
+    return message
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable_hub", "silent_hub"])
+def test_uncached_hub_ids_fail_fast_naming_the_way_to_local_files(hub, request, tmp_path) -> None:
+    request.getfixturevalue(hub)
+    message = _fails_fast_in_one_line(HUB_ID, "not in the local Hugging Face cache", cache_dir=str(tmp_path))
+    assert "save_pretrained" in message and "cache_dir" in message and str(tmp_path) in message
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable_hub"])
+def test_a_model_in_the_local_hub_cache_loads_without_the_hub(hub, request, tmp_path, tiny_vit_dir, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    request.getfixturevalue(hub)
+    write_hub_cache(tmp_path, HUB_ID, {path.name: path for path in tiny_vit_dir.iterdir()})
+    expected = ViTForImageClassification.from_pretrained(tiny_vit_dir).eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    for options in ({"cache_dir": str(tmp_path)}, {}):
+        if not options:  # the default cache (HF_HOME / HF_HUB_CACHE)
+            monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+        model = attnlens.load(HUB_ID, **options)
+        assert model.family.name == "hf-vit" and model.source == HUB_ID
+        with torch.no_grad():
+            torch.testing.assert_close(model.logits(pixels), expected(pixels).logits)
+
+
+# --------------------------------------------------------------------------- timm
+TIMM_NAME = "vit_tiny_patch16_224"
+TIMM_TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+
+
+def _timm_hub_repo() -> tuple[str, str]:
+    import timm
+
+    config = timm.models.get_pretrained_cfg(TIMM_NAME)
+    return config.hf_hub_id, config.hf_hub_filename or "pytorch_model.bin"
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable_hub"])
+def test_timm_without_local_weights_fails_fast_naming_pretrained_false(hub, request, tmp_path) -> None:
+    request.getfixturevalue(hub)
+    repo_id, _ = _timm_hub_repo()
+    message = _fails_fast_in_one_line(f"timm:{TIMM_NAME}", "pretrained=False", cache_dir=str(tmp_path))
+    assert repo_id in message and "hf download" in message
+
+
+def test_timm_weights_load_from_the_local_cache_and_pickles_need_allow_pickle(offline, tmp_path) -> None:
+    import safetensors.torch
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model(TIMM_NAME, pretrained=False, **TIMM_TINY).eval()
+    repo_id, _ = _timm_hub_repo()
+    weights = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(reference.state_dict(), weights)
+    write_hub_cache(tmp_path / "cache", repo_id, {"model.safetensors": weights})
+    model = attnlens.load(f"timm:{TIMM_NAME}", cache_dir=str(tmp_path / "cache"), **TIMM_TINY)
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(pixels), reference(pixels))
+    assert model.family.name == "timm-vit-token" and model.source == f"timm:{TIMM_NAME}"
+
+    pickled = tmp_path / "pytorch_model.bin"
+    torch.save(reference.state_dict(), pickled)
+    write_hub_cache(tmp_path / "pickles", repo_id, {"pytorch_model.bin": pickled})
+    with pytest.raises(UnsafeCheckpointError, match="allow_pickle=True"):
+        attnlens.load(f"timm:{TIMM_NAME}", cache_dir=str(tmp_path / "pickles"), **TIMM_TINY)
+    trusted = attnlens.load(f"timm:{TIMM_NAME}", cache_dir=str(tmp_path / "pickles"), allow_pickle=True, **TIMM_TINY)
+    with torch.no_grad():
+        torch.testing.assert_close(trusted.logits(pixels), reference(pixels))
+
+
+def test_timm_random_weights_and_unknown_names(offline) -> None:
+    model = attnlens.load(f"timm:{TIMM_NAME}", pretrained=False, **TIMM_TINY)
+    assert model.token_layout().describe().startswith("17 tokens")
+    mean = model.processor.image_mean
+    assert mean == pytest.approx([0.5, 0.5, 0.5])  # the model's own normalisation (augreg ViTs use 0.5)
+    with pytest.raises(ModelLoadError, match="unknown timm model"):
+        attnlens.load("timm:no_such_model_anywhere", pretrained=False)

@@ -21,7 +21,7 @@ from attnlens.attribution.targets import top_k as predictions
 from attnlens.capture import AttentionCapture, capture_attention, unwrap_module
 from attnlens.errors import InputError, UnsupportedModelError
 from attnlens.images import ImageLike, load_images
-from attnlens.processors import default_processor
+from attnlens.processors import default_processor, resize_normalize_processor
 from attnlens.tokens import TokenLayout, grid_for_input
 
 
@@ -121,9 +121,25 @@ class AttnLensModel:
         kwargs: dict[str, Any] = {"return_tensors": "pt"}
         if size is not None:
             height, width = int(size[0]), int(size[1])
+            self.check_input_size((height, width))
             kwargs.update(size={"height": height, "width": width}, do_center_crop=False)
         pixels = self.processor(images=[a for a in arrays], **kwargs)["pixel_values"]
         return pixels.to(device=self.device, dtype=self.dtype)
+
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        """Refuse an input size ``(H, W)`` the model cannot take (a timm ViT without
+        ``dynamic_img_size``) with a one-line :class:`InputError` naming the fix."""
+        size = (int(size[0]), int(size[1]))
+        fix_of = self.family.size_fix
+        if fix_of is None or size == tuple(self.image_size):
+            return
+        fix = fix_of(self.module)
+        if fix is not None:
+            (height, width), expected = size, self.image_size
+            raise InputError(
+                f"{type(self.module).__name__} takes only {expected[0]}x{expected[1]} (H x W) inputs, got "
+                f"{height}x{width}; {fix}"
+            )
 
     def _check_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dim() == 3:
@@ -136,6 +152,7 @@ class AttnLensModel:
         patch = self.patch_size
         if pixels.shape[-2] < patch[0] or pixels.shape[-1] < patch[1]:
             raise InputError(f"input {tuple(pixels.shape[-2:])} is smaller than one {patch} patch")
+        self.check_input_size(pixels.shape[-2:])
         return pixels.to(device=self.device, dtype=self.dtype)
 
     @property
@@ -188,6 +205,7 @@ class AttnLensModel:
 
     def __call__(self, pixels: torch.Tensor, **kwargs: Any) -> Any:
         """Run the underlying module on a pixel tensor (interpolating positions if needed)."""
+        self.check_input_size(pixels.shape[-2:])
         module = get_submodule(self.module, self.family.image_module) if self.family.image_module else self.module
         argument = self.family.pixel_argument
         if argument is None:
@@ -283,13 +301,25 @@ CAPABILITY_REASONS = {
 }
 
 
+def family_processor(module: nn.Module, family: Family) -> Any:
+    """The image processor of a module passed without one: its family's preprocessing (timm,
+    open_clip), else resize to the model's size and normalise with 0.5 / 0.5."""
+    if family.preprocessing is None:
+        return default_processor(module, family)
+    wanted = family.preprocessing(module)
+    return resize_normalize_processor(wanted.size, mean=wanted.mean, std=wanted.std, resample=wanted.resample)
+
+
 def as_model(model: AttnLensModel | nn.Module) -> AttnLensModel:
-    """Wrap a plain module (HF or timm) into an :class:`AttnLensModel`; pass wrappers through."""
+    """Wrap a plain module (HF, timm or open_clip) into an :class:`AttnLensModel` with its family's
+    image processor (and tokenizer: open_clip); pass wrappers through."""
     if isinstance(model, AttnLensModel):
         return model
     if isinstance(model, nn.Module):
         inner = unwrap_module(model)
-        return AttnLensModel(inner, default_processor(inner, family_of(inner)))
+        family = family_of(inner)
+        tokenizer = family.tokenizer(inner) if family.tokenizer is not None else None
+        return AttnLensModel(inner, family_processor(inner, family), tokenizer=tokenizer)
     raise TypeError(f"expected an attnlens model (attnlens.load) or a torch.nn.Module, got {type(model).__name__}")
 
 

@@ -223,7 +223,8 @@ def test_diffusers_attention_processor_parity() -> None:
 
 
 def test_timm_fused_attention_parity() -> None:
-    timm = pytest.importorskip("timm")
+    import timm
+
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3).eval()
     pixels = torch.randn(1, 3, 32, 32)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 
 from attnlens.adapters.readouts import CLS_TOKEN, Readout
@@ -59,6 +61,9 @@ class Encoder:
         blocks: path of the ``ModuleList`` of blocks, relative to the model.
         block: :class:`BlockParts` of every block.
         embeddings: path of the embedding module (tokens from pixels or ids).
+        embeddings_input: the token embeddings are the *input* of the module at ``embeddings``,
+            not its output (timm and open_clip have no embedding module: their embeddings,
+            ``[prefix tokens; conv(x)] + positions``, are the input of the pre-norm).
         patch_embedding: path of the patch-embedding convolution (vision encoders).
         pre_norm: path of a norm applied to the embeddings before the first block (CLIP).
         final_norm: path of the norm applied after the last block (``None`` if absent).
@@ -87,6 +92,7 @@ class Encoder:
     blocks: str
     block: BlockParts
     embeddings: str | None = None
+    embeddings_input: bool = False
     patch_embedding: str | None = None
     pre_norm: str | None = None
     final_norm: str | None = None
@@ -134,6 +140,17 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """How the models of a family expect their pixels: resized to ``size`` ``(H, W)`` with the PIL
+    filter ``resample`` (2 bilinear, 3 bicubic), rescaled to [0, 1], normalised per channel."""
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resample: int = 2
+
+
+@dataclass(frozen=True)
 class Family:
     """A model family: how to find its encoders, tokens, patches and head.
 
@@ -157,6 +174,17 @@ class Family:
         logit_scale, logit_bias: two-tower (image-text) models: attribute paths of the
             parameters of the similarity logit ``exp(logit_scale) * cos + logit_bias`` (CLIP has no
             bias; SigLIP, trained with a sigmoid loss, has one).
+        encode_image: two-tower models: ``(model, pixels (I, 3, H, W), **forward_kwargs) -> (I, E)``
+            projected image features (``None``: Hugging Face's ``get_image_features``).
+        encode_text: two-tower models: ``(model, input_ids (T, L), attention_mask (T, L) or None)
+            -> (T, E)`` projected text features (``None``: Hugging Face's ``get_text_features``).
+        size_fix: ``model -> None`` when the model takes inputs of any size, else the one-line fix
+            shown when an input of another size than :attr:`image_size` is given (a timm ViT
+            without ``dynamic_img_size``).
+        preprocessing: ``model -> Preprocessing`` of a module passed without an image processor
+            (timm, open_clip: their own mean, std and filter; ``None``: resize to
+            :attr:`image_size` and normalise with mean = std = 0.5).
+        tokenizer: two-tower models: ``model -> text tokenizer`` for a module passed without one.
     """
 
     name: str
@@ -173,6 +201,11 @@ class Family:
     image_projection: str | None = None
     logit_scale: str | None = "logit_scale"
     logit_bias: str | None = None
+    encode_image: Callable[..., torch.Tensor] | None = None
+    encode_text: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    size_fix: Callable[[nn.Module], str | None] | None = None
+    preprocessing: Callable[[nn.Module], Preprocessing] | None = None
+    tokenizer: Callable[[nn.Module], Any] | None = None
 
     @property
     def is_classifier(self) -> bool:

@@ -207,24 +207,33 @@ class ClsMeanPatches(Readout):
 class AttentionPool(Readout):
     """A learned probe query attending over the final tokens (SigLIP vision, timm ``global_pool="map"``).
 
-    The probe is not a token of the sequence: its attention ``(N, H, 1, T)`` is recorded as one
-    more attention layer, and the relevance row is that attention (per row, passed to
-    :meth:`read` as ``query``, ``(N, T)``) applied to the matrix rows. Without pooling weights every token row counts
-    equally (a uniform probe). The forward runs the pooling module itself, so the relevance passes
-    that recompute a model from its parts (LRP) do not apply.
+    The probe is not a token of the sequence: its attention ``(N, H, 1, K)`` over the ``K`` pooled
+    tokens is recorded as one more attention layer, and the relevance row is that attention (per
+    row, passed to :meth:`read` as ``query``, ``(N, K)``) applied to the rows of the pooled tokens.
+    Without pooling weights every pooled token row counts equally (a uniform probe). The forward
+    runs the pooling module itself, so the relevance passes that recompute a model from its parts
+    (LRP) do not apply.
+
+    Args:
+        attention: path of the pooling attention (SigLIP: its ``nn.MultiheadAttention``; timm:
+            the ``AttentionPoolLatent`` module).
+        over_prefix: the probe attends over every token (SigLIP), else over the patch tokens only
+            (timm's ``AttentionPoolLatent`` without ``pool_include_prefix``).
     """
 
     name = "attention-pool"
 
-    def __init__(self, attention: str) -> None:
+    def __init__(self, attention: str, over_prefix: bool = True) -> None:
         self.attention = attention
+        self.over_prefix = over_prefix
 
     def read(self, matrix, layout, query=None):
+        rows = matrix if self.over_prefix else layout.patches(matrix, dim=-2)
         if query is None:
-            return matrix.mean(dim=-2)
+            return rows.mean(dim=-2)
         weights = query.to(matrix.dtype)
         weights = weights.reshape(weights.shape[0], *([1] * (matrix.dim() - 3)), 1, weights.shape[-1])
-        return (weights @ matrix).squeeze(-2)
+        return (weights @ rows).squeeze(-2)
 
     def pool(self, tokens, layout):
         raise UnsupportedModelError(
@@ -240,7 +249,7 @@ class AttentionPool(Readout):
         )
 
     def __repr__(self) -> str:
-        return f"AttentionPool({self.attention!r})"
+        return f"AttentionPool({self.attention!r}, over_prefix={self.over_prefix})"
 
 
 class TokenAtPosition(Readout):

@@ -10,7 +10,8 @@ Modules: :mod:`~attnlens.clip.objective` (the similarities as per-tower cotangen
 :mod:`~attnlens.clip.results` (the results), :mod:`~attnlens.clip.explain` (the two functions).
 
 Supported models: image-text models with two towers and a similarity logit (capability
-``image_text``): Hugging Face ``CLIPModel`` and ``SiglipModel``, e.g. from :func:`attnlens.load`.
+``image_text``): Hugging Face ``CLIPModel`` and ``SiglipModel`` and open_clip's ``CLIP`` (with
+open_clip's tokenizer), e.g. from :func:`attnlens.load`.
 """
 
 from attnlens.clip.explain import check_clip_model, explain_clip, explain_image_similarity

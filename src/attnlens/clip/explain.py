@@ -105,8 +105,9 @@ def explain_clip(
     """Explain image-text similarity logits on both towers (Chefer et al., ICCV 2021).
 
     Args:
-        model: an image-text model (CLIP, SigLIP) from :func:`attnlens.load` (with its tokenizer
-            and image processor), or a Hugging Face ``CLIPModel`` / ``SiglipModel`` (then
+        model: an image-text model (CLIP, SigLIP, open_clip CLIP) from :func:`attnlens.load`
+            (with its tokenizer and image processor), an open_clip ``CLIP`` module (wrapped with
+            open_clip's tokenizer), or a Hugging Face ``CLIPModel`` / ``SiglipModel`` (then
             ``model.tokenizer`` must be set on the wrapper).
         images: paths, PIL images, arrays, or a preprocessed ``(I, 3, H, W)`` tensor.
         texts: one string or a list of ``T`` strings.

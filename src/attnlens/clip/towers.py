@@ -155,15 +155,25 @@ def _features(output: Any) -> torch.Tensor:
 
 
 def encode_images(model: AttnLensModel, pixels: torch.Tensor) -> torch.Tensor:
-    """``(I, D)`` projected image features of ``pixels`` ``(I, 3, H, W)``."""
+    """``(I, D)`` projected image features of ``pixels`` ``(I, 3, H, W)``: the family's
+    ``encode_image`` (open_clip), else Hugging Face's ``get_image_features``."""
+    model.check_input_size(pixels.shape[-2:])
+    encode = model.family.encode_image
+    if encode is not None:
+        return encode(model.module, pixels, **model.forward_kwargs(pixels))
     return _features(model.module.get_image_features(pixel_values=pixels, **model.forward_kwargs(pixels)))
 
 
 def encode_texts(model: AttnLensModel, tokenized: TokenizedTexts) -> torch.Tensor:
-    """``(T, D)`` projected text features (the mask is passed where the text tower takes one)."""
+    """``(T, D)`` projected text features (the mask is passed where the text tower takes one): the
+    family's ``encode_text`` (open_clip), else Hugging Face's ``get_text_features``."""
     device = model.device
+    input_ids = tokenized.input_ids.to(device)
     mask = tokenized.attention_mask.to(device) if model.family.encoder("text").attention_mask else None
-    return _features(model.module.get_text_features(input_ids=tokenized.input_ids.to(device), attention_mask=mask))
+    encode = model.family.encode_text
+    if encode is not None:
+        return encode(model.module, input_ids, mask)
+    return _features(model.module.get_text_features(input_ids=input_ids, attention_mask=mask))
 
 
 def _requires_grad_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:

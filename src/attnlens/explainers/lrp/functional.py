@@ -180,8 +180,9 @@ class _Stop(Exception):
     pass
 
 
-def first_block_input(model: AttnLensModel, spec: Spec, pixels: torch.Tensor) -> torch.Tensor:
-    """The input ``(B, T, D)`` of the first block, read by running the model up to it (then stopping)."""
+def module_input(model: AttnLensModel, module: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """The input ``(B, T, D)`` of ``module`` (the first block, or the pre-norm of models whose
+    embeddings are its input), read by running the model up to it (then stopping)."""
     captured: list[torch.Tensor] = []
 
     def grab(module, args, kwargs):
@@ -189,7 +190,7 @@ def first_block_input(model: AttnLensModel, spec: Spec, pixels: torch.Tensor) ->
         captured.append(hidden.detach())
         raise _Stop
 
-    handle = spec.first_block.register_forward_pre_hook(ThreadHook(grab), with_kwargs=True)
+    handle = module.register_forward_pre_hook(ThreadHook(grab), with_kwargs=True)
     try:
         with torch.no_grad():
             model(pixels)
@@ -198,17 +199,20 @@ def first_block_input(model: AttnLensModel, spec: Spec, pixels: torch.Tensor) ->
     finally:
         handle.remove()
     if not captured:
-        raise UnsupportedModelError("the model's forward never reached its first block")
+        raise UnsupportedModelError(f"the model's forward never reached its {type(module).__name__} module")
     return captured[0]
 
 
 def embed(model: AttnLensModel, spec: Spec, pixels: torch.Tensor) -> torch.Tensor:
-    """The token embeddings ``(B, T, D)``: the embedding module's output (before any pre-norm).
+    """The token embeddings ``(B, T, D)``: the embedding module's output, or the input of the module
+    the adapter names (``embeddings_input``), before any pre-norm.
 
     Without an embeddings module in the adapter, the first block's input is used instead.
     """
     if spec.embeddings is None:
-        return first_block_input(model, spec, pixels)
+        return module_input(model, spec.first_block, pixels)
+    if spec.embeddings_input:
+        return module_input(model, spec.embeddings, pixels)
     with torch.no_grad():
         embeddings = spec.embeddings(pixels, **spec.embeddings_kwargs)
     if isinstance(embeddings, (tuple, list)):

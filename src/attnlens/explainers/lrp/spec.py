@@ -135,9 +135,12 @@ class Spec:
     """Everything the functional forward and the relevance passes need, for one input size.
 
     ``head`` is ``None`` for backbones (the relevance then starts at the final tokens).
+    ``embeddings`` is the module whose output (or, with ``embeddings_input``, whose input: timm,
+    open_clip) is the token embeddings.
     """
 
     embeddings: nn.Module | None
+    embeddings_input: bool
     embeddings_kwargs: dict[str, Any]
     first_block: nn.Module
     last_block: nn.Module
@@ -185,13 +188,20 @@ def _attribute(root: nn.Module, path: str) -> Any:
     return value
 
 
+def _linear_parameters(module: nn.Module, what: str) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """``(weight (out, in), bias (out,) or None)`` of an ``nn.Linear``, or of the fused input
+    projection of an ``nn.MultiheadAttention`` (open_clip's blocks; rows ordered q, k, v)."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        return module.in_proj_weight, module.in_proj_bias
+    raise UnsupportedModelError(f"LRP needs the {what} to be a torch.nn.Linear, got {type(module).__name__}")
+
+
 def _linear(model: AttnLensModel, path: str | None, what: str, dtype: torch.dtype) -> Linear:
-    """The ``nn.Linear`` at ``path`` (relative to the model) as constants."""
-    module = _module(model.module, path, what)
-    if not isinstance(module, nn.Linear):
-        raise UnsupportedModelError(f"LRP needs the {what} to be a torch.nn.Linear, got {type(module).__name__}")
-    bias = None if module.bias is None else module.bias.detach().to(dtype)
-    return Linear(module.weight.detach().to(dtype), bias, module.weight, path, model)
+    """The linear map at ``path`` (relative to the model) as constants."""
+    weight, bias = _linear_parameters(_module(model.module, path, what), what)
+    return Linear(weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype), weight, path, model)
 
 
 def _norm(module: nn.Module | None, dtype: torch.dtype) -> Norm | None:
@@ -426,10 +436,12 @@ def build_spec(model: AttnLensModel, pixels: torch.Tensor, layout: TokenLayout) 
     blocks = [_block(model, encoder, index, module, dtype) for index, module in enumerate(block_modules)]
     _attention_biases(model, encoder, blocks, pixels, layout)
     embeddings = _module(root, encoder.embeddings, "embeddings", required=False)
-    interpolation = model.forward_kwargs(pixels) if embeddings is not None else {}
+    called = embeddings is not None and not encoder.embeddings_input
+    interpolation = model.forward_kwargs(pixels) if called else {}
     conv = _module(root, encoder.patch_embedding, "patch embedding", required=False)
     spec = Spec(
         embeddings=embeddings,
+        embeddings_input=encoder.embeddings_input,
         embeddings_kwargs={name: True for name in interpolation if _accepts(embeddings, name)},
         first_block=block_modules[0],
         last_block=block_modules[-1],
