@@ -10,6 +10,7 @@
     attnlens heatmap PROMPT --model SOURCE [--seed S...] [--OPTION VALUE]
     attnlens evaluate DATASET --methods a,b --tests perturbation,segmentation,sanity --out DIR [--resume]
     attnlens benchmark synthetic --out DIR
+    attnlens serve [--model SOURCE ...] [--diffusion-model SOURCE ...] [--host H] [--port P]
 
 Every sub-command is a thin layer over :mod:`attnlens.app` (the functions an evaluation runner or
 a web app call too, so all of them give the same maps). Method and probe options are flags
@@ -36,6 +37,7 @@ from attnlens.app.explain import DEFAULT_METHOD, SUMMARY_FILE, TextTarget, compa
 from attnlens.app.outputs import MAP_FORMATS
 from attnlens.attribution.targets import FeatureTarget
 from attnlens.app.probe import describe_probes
+from attnlens.app.web.cli import add_serve_parser
 from attnlens.app.schemas import describe_methods, method_schemas, parse_assignments
 from attnlens.viz.compare import SCALES
 from attnlens.viz.heatmap import DIVERGING, INTERPOLATIONS, SEQUENTIAL
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_clip_parser(commands)
     add_diffusion_parsers(commands)
     add_evaluate_parsers(commands)
+    add_serve_parser(commands)
     return parser
 
 
