@@ -24,11 +24,12 @@ Run: ``python benchmarks/bench_diffusion.py [--sizes 128 256 --steps 50 --repeat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -152,6 +153,29 @@ def memory_row(pipe, reference) -> tuple[str, float, float, str]:
     return (f"saved for backward, one A&E step, {MEMORY_SIZE} px: diffusers / attnlens", theirs / 2**20, ours / 2**20, "MiB")
 
 
+@contextlib.contextmanager
+def quiet(threads: int) -> Iterator[None]:
+    """``threads`` torch threads; inside the block, warnings ignored and transformers' and diffusers'
+    logging at errors only."""
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers.utils import logging
+
+        logging.set_verbosity_error()
+        yield
+
+
+def print_table(heading: str, rows: list[tuple[str, float, float, str]]) -> None:
+    """The heading, then one markdown row per ``(comparison, numerator, denominator, note)`` with the ratio."""
+    print(f"\n{heading}\n")
+    print("| comparison | numerator | denominator | ratio | note |")
+    print("|---|---|---|---|---|")
+    for name, numerator, denominator, note in rows:
+        print(f"| {name} | {numerator:.2f} | {denominator:.2f} | {numerator / denominator:.2f}x | {note} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
@@ -160,23 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the saved-for-backward measurement")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from diffusers.utils import logging
-
-        logging.set_verbosity_error()
+    with quiet(args.threads):
         pipe, reference = build()
         rows = [row for size in args.sizes for row in speed_rows(pipe, reference, size, args.steps, args.repeats)]
         if not args.no_memory:
             rows.append(memory_row(pipe, reference))
-    print(f"\nattnlens diffusion benchmark: tiny SD-1-shaped pipeline, {args.steps} DDIM steps, {args.threads} thread(s), "
-          f"CPU seconds (min of {args.repeats})\n")
-    print("| comparison | numerator | denominator | ratio | note |")
-    print("|---|---|---|---|---|")
-    for name, numerator, denominator, note in rows:
-        print(f"| {name} | {numerator:.2f} | {denominator:.2f} | {numerator / denominator:.2f}x | {note} |")
+    print_table(
+        f"attnlens diffusion benchmark: tiny SD-1-shaped pipeline, {args.steps} DDIM steps, {args.threads} thread(s), "
+        f"CPU seconds (min of {args.repeats})", rows,
+    )
     return 0
 
 

@@ -1,5 +1,10 @@
 """Writing heat maps and generations: raw maps (safetensors / npz), images, overlays, figures.
 
+Figures: :func:`panel_figure` (images in rows), :func:`words_figure` (an image and one overlay per
+word: the Prompt-to-Prompt notebook's ``show_cross_attention``), :func:`prompts_figure` (images
+titled with their prompts, side by side) and :func:`components_figure` (the notebook's
+``show_self_attention_comp``).
+
 Every file is written atomically (:mod:`attnlens.viz.io`): a reader never sees a half-written file.
 """
 
@@ -10,6 +15,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,10 +26,13 @@ from PIL import Image
 
 from attnlens.diffusion.heatmaps import HeatMaps, WordMaps
 from attnlens.errors import InputError
+from attnlens.maps import min_max, upsample_maps
 from attnlens.viz.io import atomic_write, save_figure, write_bytes_atomic, write_text_atomic
 
 MAP_FORMATS = ("safetensors", "npz")
 PANELS_PER_ROW = 6
+TITLE_WIDTH = 24
+"""Characters per line of a panel title (prompts are wrapped)."""
 
 
 def file_word(word: str) -> str:
@@ -78,6 +87,33 @@ def words_figure(maps: WordMaps, image: int, *, alpha: float = 0.5, colormap: st
     overlays = maps.overlay(alpha=alpha, colormap=colormap)
     panels = [(maps.images[image], "image")] + [(overlays[row], maps.words[row]) for row in maps.rows_of(image)]
     return panel_figure(panels, title)
+
+
+def prompts_figure(
+    images: Sequence[Image.Image], labels: Sequence[str], title: str | None = None, width: int = TITLE_WIDTH
+) -> Figure:
+    """``images`` side by side, each titled with its label (e.g. ``"source: a cat riding a bicycle"``)
+    wrapped to lines of ``width`` characters."""
+    if len(images) != len(labels):
+        raise InputError(f"{len(labels)} labels were given for {len(images)} images")
+    return panel_figure([(image, textwrap.fill(label, width)) for image, label in zip(images, labels)], title, len(images))
+
+
+def component_images(components: torch.Tensor, size: tuple[int, int]) -> list[Image.Image]:
+    """``(N, h, w)`` maps as grey RGB images of ``size`` ``(H, W)``: each min-max normalised to
+    0..255 and upsampled with nearest neighbours (whole attention cells stay visible)."""
+    scaled = upsample_maps(min_max(components.detach().cpu()), size, mode="nearest")
+    grey = (scaled * 255).round().to(torch.uint8).numpy()
+    return [Image.fromarray(values).convert("RGB") for values in grey]
+
+
+def components_figure(components: torch.Tensor, size: tuple[int, int], title: str | None = None) -> Figure:
+    """The leading principal components ``(N, h, w)`` of a prompt's mean self-attention (e.g.
+    :meth:`attnlens.diffusion.EditResult.self_components`) as grey images of ``size`` ``(H, W)``, in
+    rows of :data:`PANELS_PER_ROW` (the Prompt-to-Prompt notebook's ``show_self_attention_comp``; a
+    component's sign is arbitrary)."""
+    pictures = component_images(components, size)
+    return panel_figure([(picture, f"component {index + 1}") for index, picture in enumerate(pictures)], title)
 
 
 def save_image_maps(
