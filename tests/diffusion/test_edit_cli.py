@@ -181,7 +181,7 @@ LONG = " ".join(["a dog"] * 40)
 @pytest.mark.parametrize(
     "arguments,message",
     [
-        (["--to", "a dog riding a red bicycle"], "refine' to add or remove words"),
+        (["--to", "a dog riding a red bicycle"], "--mode refine) to add or remove words"),
         (["--reweight", "happy=2"], "reweight word 'happy' is not a word of the prompt 'a cat riding a bicycle'"),
         (["--to", DOG, "--blend", "cat:cow"], "word 'cow' is not a word of the prompt 'a dog riding a bicycle'"),
         (["--to", LONG], "would be truncated; shorten the prompt"),

@@ -81,7 +81,7 @@ def _replacement_mapper(tokenizer: object, source: str, target: str, context: in
     if len(source_words) != len(target_words):
         raise InputError(
             f"a replace edit needs prompts with the same number of words, but {source!r} has {len(source_words)} "
-            f"and {target!r} has {len(target_words)}: use edit='refine' to add or remove words"
+            f"and {target!r} has {len(target_words)}: use edit='refine' (CLI: --mode refine) to add or remove words"
         )
     replaced = [index for index, (a, b) in enumerate(zip(source_words, target_words)) if a != b]
     spans = [

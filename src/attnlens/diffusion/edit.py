@@ -222,6 +222,8 @@ def _with_inversion(arguments: dict[str, Any], prompts: list[str], inversion: In
         return arguments
     if not isinstance(inversion, Inversion):
         raise InputError(f"inversion must be the result of attnlens.diffusion.invert, got {type(inversion).__name__}")
+    if arguments.get("negative_prompt") is not None:
+        raise InputError("negative_prompt cannot be used with an inversion: its null-text embeddings replace the unconditional prompt")
     if prompts[0] != inversion.prompt:
         raise InputError(f"the source prompt must be the prompt the image was inverted with: {inversion.prompt!r}")
     for name in ("num_inference_steps", "guidance_scale", "height", "width"):
@@ -347,7 +349,7 @@ def edit(
     settings = {
         "edit": edit, "cross_replace_steps": cross_replace_steps, "self_replace_steps": self_replace_steps,
         "equalizer": None if equalizer is None else dict(equalizer), "reweight_on": reweight_on,
-        "local_blend": None if local_blend is None else dict(local_blend),
+        "local_blend": None if local_blend is None else {"threshold": BLEND_THRESHOLD, **local_blend},
         "num_inference_steps": num_steps, "guidance_scale": generation.guidance_scale,
         "height": size[0], "width": size[1], "negative_prompt": arguments.get("negative_prompt"),
     }
