@@ -10,6 +10,7 @@
     attnlens heatmap PROMPT --model SOURCE [--seed S...] [--OPTION VALUE]
     attnlens evaluate DATASET --methods a,b --tests perturbation,segmentation,sanity --out DIR [--resume]
     attnlens benchmark synthetic --out DIR
+    attnlens edit PROMPT --to PROMPT [--mode replace|refine|reweight] --model SOURCE [--image PHOTO]
     attnlens serve [--model SOURCE ...] [--diffusion-model SOURCE ...] [--host H] [--port P]
 
 Every sub-command is a thin layer over :mod:`attnlens.app` (the functions an evaluation runner or
